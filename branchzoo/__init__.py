@@ -1,0 +1,15 @@
+"""branchzoo: a Keras 3 model zoo of branched neural networks and tools to study them.
+
+    >>> import branchzoo
+    >>> branchzoo.list_models("mpnet*")[:1]
+    ['mpnet2_1x3_2x7_cifar10']
+    >>> model = branchzoo.build("mpnet_tiny_digits", weights=None)  # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from branchzoo import layers  # noqa: F401  (registers the serialisable layers)
+from branchzoo import models  # noqa: F401  (registers the model builders)
+from branchzoo.zoo import build, list_models, load, model_card  # noqa: F401
+
+__all__ = ["build", "list_models", "load", "model_card", "layers", "models"]
