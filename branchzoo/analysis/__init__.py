@@ -1,0 +1,8 @@
+"""Analysis tools: plain functions returning arrays or matplotlib figures.
+
+    >>> from branchzoo.analysis import feature_model, feature_names
+"""
+
+from branchzoo.analysis.features import feature_model, feature_names
+
+__all__ = ["feature_model", "feature_names"]
