@@ -1,0 +1,171 @@
+"""Produce what a zoo entry publishes: parameter counts, weights, measured metrics.
+
+Nothing in a model card is typed by hand; this command writes it:
+
+    python -m branchzoo.publish --parameters            # every entry's parameter counts
+    python -m branchzoo.publish mpnet_tiny_digits       # train by the recipe, evaluate,
+                                                        # write weights + sha256 + metrics
+    python -m branchzoo.publish --table --readme README.md   # README's table, from the cards
+
+The weights file lands beside the entry in zoo_models/ as
+``<name>-<sha256[:8]>.weights.h5`` (the weights key is separate from the model
+name, and a new training run never overwrites the file of an older one).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from branchzoo._io import sha256_of, write_json_atomic  # noqa: E402
+
+
+def count_parameters(model):
+    """Trainable and total (incl. BN moving statistics) parameter counts."""
+    import numpy as np
+
+    return {
+        "trainable": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
+        "total": int(model.count_params()),
+    }
+
+
+def _update_entry(name, **fields):
+    from branchzoo import zoo
+
+    entry = zoo.get_entry(name)
+    path = entry["_path"]
+    with open(path) as f:
+        stored = json.load(f)
+    stored.update(fields)
+    write_json_atomic(path, stored)
+    zoo.clear_cache()
+
+
+def publish_parameters(names):
+    from branchzoo import zoo
+
+    for name in names:
+        params = count_parameters(zoo.build(name))
+        _update_entry(name, parameters=params)
+        print(f"{name}: {params}")
+
+
+def publish_weights(name, run_dir=None, seed=0):
+    """Trains `name` by its recipe, evaluates it and publishes weights and metrics."""
+    import keras
+
+    from branchzoo import training, zoo
+
+    entry = zoo.get_entry(name)
+    run_dir = run_dir or os.path.join("runs", f"publish-{name}")
+    run = training.resolve_run_config(name, seed=seed, output=run_dir)
+    training.train(run, resume=os.path.exists(os.path.join(run_dir, "backup")), verbose=2)
+    checkpoint = os.path.join(run_dir, "model.keras")
+    metrics = training.evaluate(
+        checkpoint=checkpoint, output=os.path.join(run_dir, "eval.json"), verbose=0
+    )
+
+    # A fresh, uncompiled model holds the weights: no optimizer state in the file.
+    trained = keras.models.load_model(checkpoint, compile=False)
+    model = zoo.build(name)
+    model.set_weights(trained.get_weights())
+    folder = os.path.dirname(entry["_path"])
+    tmp = os.path.join(folder, f".tmp-{name}.weights.h5")
+    model.save_weights(tmp)
+    digest = sha256_of(tmp)
+    fname = f"{name}-{digest[:8]}.weights.h5"
+    os.replace(tmp, os.path.join(folder, fname))
+
+    command = f"python -m branchzoo.publish {name}" + (f" --seed {seed}" if seed else "")
+    _update_entry(
+        name,
+        parameters=count_parameters(model),
+        weights={"file": fname, "sha256": digest, "origin": fname},
+        metrics={
+            "dataset": metrics["dataset"],
+            "split": "test",
+            "loss": round(metrics["loss"], 4),
+            "top1": round(metrics["top1"], 4),
+            "top5": round(metrics["top5"], 4),
+            "command": command,
+            "measured": datetime.date.today().isoformat(),
+            "environment": metrics["environment"],
+        },
+    )
+    print(f"Published {fname} ({digest}); test top-1 {metrics['top1']:.4f}")
+    return fname
+
+
+def models_table(pattern="*"):
+    """The README's table of registered models, from their cards (markdown)."""
+    from branchzoo import zoo
+    from branchzoo.models.mpnet import mpnet_title
+
+    rows = ["| model | architecture | paper | trainable params | dataset | weights | test top-1 |",
+            "|---|---|---|---:|---|---|---:|"]
+    for name in zoo.list_models(pattern):
+        card = zoo.model_card(name)
+        cfg = card["config"]
+        arch = mpnet_title(cfg["blocks_per_stage"], cfg["pathways"]) if card["family"] == "mpnet" else card["family"]
+        if card["family"] == "mpnet" and cfg.get("widths") != [64, 128, 256, 512]:
+            arch += f", widths {cfg['widths']}"
+        params = card["parameters"]["trainable"] if card["parameters"] else None
+        metrics = card["metrics"]
+        top1 = f"{100 * metrics['top1']:.2f}% ({metrics['dataset']})" if metrics else "-"
+        aliases = f" (alias: {', '.join(card['aliases'])})" if card["aliases"] else ""
+        rows.append(
+            f"| `{name}`{aliases} | {arch} | {card['paper'][:3]}: {card['paper'].split(', ', 1)[-1]} | "
+            f"{params / 1e6:.2f}M | {card['dataset']} | {'yes' if card['weights'] else 'no'} | {top1} |"
+        )
+    return "\n".join(rows)
+
+
+def write_readme_table(path, table):
+    """Replaces what stands between ``<!-- models-table -->`` markers in `path`."""
+    start, end = "<!-- models-table -->", "<!-- /models-table -->"
+    with open(path) as f:
+        text = f.read()
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no '{start}' ... '{end}' markers for the table.")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"{head}{start}\n{table}\n{end}{tail}")
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", help="models to train and publish")
+    p.add_argument("--parameters", action="store_true",
+                   help="recompute the parameter counts of the named (default: all) entries")
+    p.add_argument("--table", action="store_true", help="print the README's table of models")
+    p.add_argument("--readme", metavar="PATH",
+                   help="with --table: write it into PATH between the models-table markers")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    from branchzoo import zoo
+
+    if args.table:
+        table = models_table()
+        if args.readme:
+            write_readme_table(args.readme, table)
+        print(table)
+        return 0
+    if args.parameters:
+        publish_parameters(args.names or zoo.list_models())
+        return 0
+    if not args.names:
+        p.error("name at least one model to publish, or pass --parameters")
+    for name in args.names:
+        publish_weights(name, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The model zoo: named models, their cards and their weights.
+
+Every named model is a JSON entry under ``zoo_models/`` (data, not code, after
+keras-hub presets): the builder it calls, its config, the recipe that trains
+it and, when published, its weights file with sha256 and the metrics measured
+on it by ``evaluate.py``.
+
+    >>> import branchzoo
+    >>> "mpnet2_2x3_2x7_cifar10" in branchzoo.list_models("mpnet*")
+    True
+    >>> branchzoo.model_card("mpnet2_2x3_2x7_cifar10")["family"]
+    'mpnet'
+"""
+
+import copy
+import difflib
+import fnmatch
+import json
+import os
+import shutil
+import sys
+import tempfile
+import urllib.parse
+import urllib.request
+
+from branchzoo import registry
+from branchzoo._io import sha256_of
+
+REQUIRED_KEYS = ("name", "builder", "config", "dataset", "recipe")
+
+
+def branchzoo_home():
+    """The cache root: ``$BRANCHZOO_HOME``, default ``~/.keras/branchzoo``."""
+    home = os.environ.get("BRANCHZOO_HOME")
+    if not home:
+        keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+        home = os.path.join(keras_home, "branchzoo")
+    return home
+
+
+def zoo_dir():
+    """The folder holding the zoo entries.
+
+    ``$BRANCHZOO_ZOO_DIR`` when set; else ``zoo_models/`` of the source tree
+    (editable installs, checkouts); else the copy installed under
+    ``<prefix>/share/branchzoo/zoo_models``.
+    """
+    env = os.environ.get("BRANCHZOO_ZOO_DIR")
+    if env:
+        return env
+    candidates = [
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zoo_models"),
+        os.path.join(sys.prefix, "share", "branchzoo", "zoo_models"),
+    ]
+    for path in candidates:
+        if os.path.isdir(path):
+            return path
+    raise FileNotFoundError(
+        f"No zoo_models folder found (looked in {candidates}). "
+        "Set BRANCHZOO_ZOO_DIR to the folder holding the zoo entries."
+    )
+
+
+_CACHE = {}
+
+
+def _entries():
+    """Reads (once per zoo folder) every entry; returns (entries, aliases)."""
+    folder = zoo_dir()
+    if folder in _CACHE:
+        return _CACHE[folder]
+    entries, aliases = {}, {}
+    for fname in sorted(os.listdir(folder)):
+        if not fname.endswith(".json"):
+            continue
+        path = os.path.join(folder, fname)
+        with open(path) as f:
+            try:
+                entry = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"Zoo entry {path} is not valid JSON: {e}") from None
+        missing = [k for k in REQUIRED_KEYS if k not in entry]
+        if missing:
+            raise ValueError(f"Zoo entry {path} lacks the keys {missing}.")
+        if entry["name"] + ".json" != fname:
+            raise ValueError(
+                f"Zoo entry {path} is named '{entry['name']}': the file must be "
+                f"called '{entry['name']}.json'."
+            )
+        entry["_path"] = path
+        entries[entry["name"]] = entry
+        for alias in entry.get("aliases", []):
+            if alias in aliases:
+                raise ValueError(
+                    f"Alias '{alias}' is claimed by both '{aliases[alias]}' and '{entry['name']}'."
+                )
+            aliases[alias] = entry["name"]
+    _CACHE[folder] = (entries, aliases)
+    return entries, aliases
+
+
+def clear_cache():
+    """Forgets the entries read so far (after editing zoo_models/)."""
+    _CACHE.clear()
+
+
+def list_models(pattern="*", pretrained=False):
+    """Names of the registered models matching an fnmatch `pattern`.
+
+    Args:
+        pattern: shell-style wildcard, e.g. ``"mpnet*"``.
+        pretrained: only models with published weights.
+
+    Returns:
+        Sorted list of model names (aliases are not listed).
+    """
+    entries, _ = _entries()
+    return sorted(
+        name
+        for name, entry in entries.items()
+        if fnmatch.fnmatch(name, pattern) and (entry.get("weights") or not pretrained)
+    )
+
+
+def get_entry(name):
+    """The zoo entry (a dict, read-only by convention) for `name` or an alias."""
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a model name string. Received: name={name!r}")
+    entries, aliases = _entries()
+    resolved = aliases.get(name, name)
+    if resolved in entries:
+        return entries[resolved]
+    known = sorted(entries) + sorted(aliases)
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    close += [k for k in known if name.lower() in k and k not in close][: 5 - len(close)]
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    raise ValueError(
+        f"Unknown model name '{name}'.{hint} "
+        "See branchzoo.list_models() for every registered model."
+    )
+
+
+def resolve_name(name):
+    """The canonical entry name for `name` (which may be an alias)."""
+    return get_entry(name)["name"]
+
+
+def resolved_config(name, **overrides):
+    """The builder config of `name` with `overrides` applied."""
+    entry = get_entry(name)
+    config = copy.deepcopy(entry["config"])
+    config.update(overrides)
+    return config
+
+
+def build(name, **overrides):
+    """Builds the named model, untrained.
+
+    Args:
+        name: a name from `list_models()` or an alias (e.g. ``"mpnet"``).
+        **overrides: builder arguments replacing the entry's config
+            (``num_classes=100``, ``input_shape=(64, 64, 3)``, ...).
+
+    Returns:
+        A `keras.Model`.
+    """
+    entry = get_entry(name)
+    record = registry.get_builder(entry["builder"])
+    config = resolved_config(name, **overrides)
+    config.setdefault("name", entry["name"])
+    return record["fn"](**config)
+
+
+def model_card(name):
+    """Everything known about a named model, as a dict.
+
+    Keys: name, aliases, family, builder, paper, description, config,
+    parameters (trainable/total, as listed in the entry and checked by the
+    tests), dataset, recipe, metrics (measured by evaluate.py; None when
+    unpublished), weights (file, sha256, origin; None when unpublished).
+    """
+    entry = get_entry(name)
+    record = registry.get_builder(entry["builder"])
+    card = {
+        "name": entry["name"],
+        "aliases": list(entry.get("aliases", [])),
+        "family": record["family"],
+        "builder": entry["builder"],
+        "paper": entry.get("paper", record["paper"]),
+        "description": entry.get("description", ""),
+        "config": entry["config"],
+        "parameters": entry.get("parameters"),
+        "dataset": entry["dataset"],
+        "recipe": entry["recipe"],
+        "metrics": entry.get("metrics"),
+        "weights": entry.get("weights"),
+    }
+    return copy.deepcopy(card)
+
+
+def load(name, weights="default", **overrides):
+    """Builds the named model and loads weights into it.
+
+    Args:
+        name: a name from `list_models()` or an alias.
+        weights: ``"default"`` (the published weights, fetched and verified
+            into the cache), ``None`` (untrained), or a path to a local
+            ``.weights.h5`` / ``.keras`` file.
+        **overrides: builder arguments, as for `build()`.
+
+    Returns:
+        A `keras.Model`.
+    """
+    entry = get_entry(name)
+    if weights is None:
+        return build(name, **overrides)
+    if weights == "default":
+        if not entry.get("weights"):
+            raise ValueError(
+                f"Model '{entry['name']}' has no published weights. Build it untrained "
+                f"with branchzoo.load('{entry['name']}', weights=None) (or branchzoo.build), "
+                f"or train it with: {entry['recipe'].get('command', 'python train.py --model ' + entry['name'])}"
+            )
+        path = fetch_weights(entry["name"])
+    elif isinstance(weights, (str, os.PathLike)):
+        path = os.fspath(weights)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"`weights` must be 'default', None or the path of an existing weights "
+                f"file. Received: weights={weights!r} (no such file)"
+            )
+    else:
+        raise ValueError(
+            f"`weights` must be 'default', None or a file path. Received: weights={weights!r}"
+        )
+    model = build(name, **overrides)
+    model.load_weights(path)
+    return model
+
+
+def weights_origin(entry):
+    """Where the weights of `entry` are fetched from.
+
+    ``$BRANCHZOO_WEIGHTS_URL`` (a mirror, or ``file://`` folder for
+    air-gapped machines) + file name when set; else the entry's ``origin``,
+    which may be relative to the zoo folder.
+    """
+    w = entry["weights"]
+    base = os.environ.get("BRANCHZOO_WEIGHTS_URL")
+    if base:
+        return base.rstrip("/") + "/" + urllib.parse.quote(w["file"])
+    origin = w.get("origin") or w["file"]
+    if "://" not in origin:
+        origin = "file://" + urllib.request.pathname2url(
+            os.path.abspath(os.path.join(os.path.dirname(entry["_path"]), origin))
+        )
+    return origin
+
+
+def fetch_weights(name):
+    """Fetches the published weights of `name` into the cache; returns the path."""
+    entry = get_entry(name)
+    if not entry.get("weights"):
+        raise ValueError(f"Model '{entry['name']}' has no published weights.")
+    w = entry["weights"]
+    return fetch_file(weights_origin(entry), w["file"], w["sha256"], subdir="weights")
+
+
+def fetch_file(origin, fname, sha256, subdir="weights"):
+    """Downloads `origin` as ``<cache>/<subdir>/<fname>``, verified by sha256.
+
+    A cached file with the wrong hash is fetched again. The download goes to
+    a temporary folder in the cache and is moved into place only once its
+    hash matches, so a corrupt or interrupted download leaves nothing behind.
+    """
+    import keras  # deferred: reading cards must not need the framework
+
+    cache = os.path.join(branchzoo_home(), subdir)
+    os.makedirs(cache, exist_ok=True)
+    target = os.path.join(cache, fname)
+    if os.path.exists(target):
+        if sha256_of(target) == sha256:
+            return target
+        print(f"Cached {target} does not match sha256 {sha256}; fetching it again.")
+        os.remove(target)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=cache)
+    try:
+        try:
+            path = keras.utils.get_file(
+                fname=fname, origin=origin, file_hash=sha256, hash_algorithm="sha256",
+                cache_dir=tmp, cache_subdir="dl",
+            )
+        except ValueError as e:
+            raise ValueError(
+                f"The file fetched from {origin} does not match its sha256 {sha256}; "
+                f"nothing was cached. ({e})"
+            ) from None
+        os.replace(path, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
