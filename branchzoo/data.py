@@ -278,7 +278,15 @@ def load_dataset(name, split, batch_size, augment=None, data_dir=None, shuffle=N
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
     else:
         keys = tf.data.Dataset.range(initial_epoch, initial_epoch + epochs)
-    return keys.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+    batches = count // batch_size if drop_remainder else -(-count // batch_size)
+    if steps_per_epoch is not None:
+        batches = min(batches, steps_per_epoch)
+    # flat_map hides the length; stating it gives Keras progress bars a total
+    # and spares it the "ran out of data" guess at the end of each pass.
+    ds = keys.flat_map(one_epoch).apply(
+        tf.data.experimental.assert_cardinality(batches * (epochs or 1))
+    )
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def dataset_info(name, data_dir=None):

@@ -75,15 +75,17 @@ def test_paper_configurations_registered():
 
 
 def test_alias_resolves_to_default_mpnet():
-    assert zoo.resolve_name("mpnet") == "mpnet2_2x3_2x7_cifar10"
+    assert zoo.resolve_name("mpnet") == "mpnet_tiny_digits"
     model = branchzoo.build("mpnet", widths=[4, 4, 4, 4], num_classes=3)
-    assert model.name == "mpnet2_2x3_2x7_cifar10"
+    assert model.name == "mpnet_tiny_digits"
     assert model.output.shape == (None, 3)
     assert [p for p in model.get_layer("stage1_block1").pathways] == [[2, 3], [2, 7]]
+    assert branchzoo.model_card("mpnet")["aliases"] == ["mpnet"]
 
 
 def test_model_card_fields():
     card = branchzoo.model_card("mpnet2_2x3_2x7_cifar10")
+    assert card["aliases"] == []
     for key in ("family", "paper", "config", "parameters", "dataset", "recipe", "metrics", "weights"):
         assert key in card
     assert card["family"] == "mpnet"
