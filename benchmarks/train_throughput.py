@@ -3,18 +3,72 @@
     python benchmarks/train_throughput.py                      # all mpnet* entries, 32x32
     python benchmarks/train_throughput.py --models "mpnet2*" --image-size 64
 
-Each model is compiled like train.py compiles it (SGD, cross-entropy, top-1
-and top-5) and fit on random images of the given size for `--steps` steps
-after one warm-up epoch (tracing and first-step costs excluded); the table
-gives images/second and milliseconds per step of that timed epoch.
+Each model runs in its own process (in one process, models measured after
+the first ran 2x slower here even after `keras.backend.clear_session()`), is
+compiled like train.py compiles it (SGD, cross-entropy, top-1 and top-5) and
+fit on random images of the given size for one epoch of `--steps` steps
+after a one-step warm-up epoch (tracing and first-step costs excluded). A
+callback times every step of the timed epoch; the table gives the median and
+the fastest step in milliseconds, images/second at the median step, and
+images/second of the whole timed epoch (steps plus Keras' per-epoch work).
 """
 
 import argparse
 import os
 import platform
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class _StepTimer:
+    """Keras callback that records the wall time of every training step."""
+
+    def __new__(cls):
+        import keras
+
+        class StepTimer(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.seconds = []
+
+            def on_train_batch_begin(self, batch, logs=None):
+                self._start = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.seconds.append(time.perf_counter() - self._start)
+
+        return StepTimer()
+
+
+def measure(name, size, batch, steps, overrides):
+    """One table row for `name`: builds, warms up and times a training epoch."""
+    import keras
+    import numpy as np
+
+    import branchzoo
+    from branchzoo.models.mpnet import mpnet_title
+    from branchzoo.training import compile_classifier
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch * steps, size, size, 3)).astype("float32")
+    y = rng.integers(0, 10, batch * steps)
+    card = branchzoo.model_card(name)
+    model = branchzoo.build(name, input_shape=(size, size, 3), num_classes=10, **overrides)
+    compile_classifier(model, keras.optimizers.SGD(0.01, momentum=0.9))
+    model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # trace + warm-up
+    timer = _StepTimer()
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+    seconds = time.perf_counter() - start
+    median = float(np.median(timer.seconds))
+    config = mpnet_title(card["config"]["blocks_per_stage"], card["config"]["pathways"])
+    if overrides:
+        config += f" {overrides}"
+    return (f"| {name} | {config} | {model.count_params():,} | {1000 * median:.0f} | "
+            f"{1000 * min(timer.seconds):.0f} | {batch / median:.1f} | {len(x) / seconds:.1f} |")
 
 
 def main(argv=None):
@@ -22,45 +76,47 @@ def main(argv=None):
     p.add_argument("--models", default="mpnet*", help="fnmatch pattern over zoo names")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=4, help="timed steps (one epoch)")
+    p.add_argument("--steps", type=int, default=6, help="timed steps (one epoch)")
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="builder overrides for every model, e.g. widths=[16,32,64,128]")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model, print its row
     args = p.parse_args(argv)
 
+    from branchzoo.training import parse_model_kwargs
+
+    overrides = parse_model_kwargs(args.model_kwargs)
+    if args.one:
+        print(measure(args.one, args.image_size, args.batch_size, args.steps, overrides))
+        return
+
     import keras
-    import numpy as np
     import tensorflow as tf
 
     import branchzoo
-    from branchzoo.models.mpnet import mpnet_title
-    from branchzoo.training import compile_classifier, parse_model_kwargs
 
-    overrides = parse_model_kwargs(args.model_kwargs)
-    size, batch = args.image_size, args.batch_size
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch * args.steps, size, size, 3)).astype("float32")
-    y = rng.integers(0, 10, batch * args.steps)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"TF {tf.__version__}, Keras {keras.__version__} ({keras.config.backend()}), "
           f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
-    print(f"# images {size}x{size}x3, batch {batch}, {args.steps} timed steps")
-    print("| model | config | parameters | ms / step | images / s |")
-    print("|---|---|---:|---:|---:|")
-    for name in branchzoo.list_models(args.models):
-        card = branchzoo.model_card(name)
-        model = branchzoo.build(name, input_shape=(size, size, 3), num_classes=10, **overrides)
-        compile_classifier(model, keras.optimizers.SGD(0.01, momentum=0.9))
-        model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # trace + warm-up
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
-        seconds = time.perf_counter() - start
-        config = mpnet_title(card["config"]["blocks_per_stage"], card["config"]["pathways"])
-        if overrides:
-            config += f" {overrides}"
-        print(f"| {name} | {config} | {model.count_params():,} | "
-              f"{1000 * seconds / args.steps:.0f} | {len(x) / seconds:.1f} |", flush=True)
-        del model
-        keras.backend.clear_session()
+    print(f"# images {args.image_size}x{args.image_size}x3, batch {args.batch_size}, "
+          f"{args.steps} timed steps, one process per model")
+    print("| model | config | parameters | median ms / step | fastest ms / step | "
+          "images / s (median step) | images / s (epoch) |")
+    print("|---|---|---:|---:|---:|---:|---:|", flush=True)
+    forwarded = [f"--image-size={args.image_size}", f"--batch-size={args.batch_size}",
+                 f"--steps={args.steps}"]
+    if args.model_kwargs:
+        forwarded += ["--model-kwargs", *args.model_kwargs]
+    names = branchzoo.list_models(args.models)
+    if not names:
+        p.error(f"--models: expected a pattern matching zoo models, got {args.models!r} "
+                f"(registered: {', '.join(branchzoo.list_models())})")
+    for name in names:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", name, *forwarded],
+                              capture_output=True, text=True)
+        rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+        if proc.returncode or not rows:
+            raise RuntimeError(f"measuring {name} failed:\n{proc.stderr[-3000:]}")
+        print(rows[-1], flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""The benchmark scripts run and print well-formed tables (smoke tests, not timings)."""
+
+import re
+
+import pytest
+
+from test_train import run_cli
+
+NUMBER = r"[0-9][0-9,.]*"
+
+
+def table_rows(stdout):
+    """Data rows of the markdown table in `stdout` (header and rule left out)."""
+    rows = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) >= 2, stdout
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[1:] if "---" not in row]
+
+
+def test_train_throughput_prints_a_row_per_model():
+    proc = run_cli("benchmarks/train_throughput.py", "--models", "mpnet_tiny*",
+                   "--image-size", "16", "--batch-size", "4", "--steps", "2",
+                   "--model-kwargs", "widths=[4,4,8,8]")
+    rows = table_rows(proc.stdout)
+    assert [row[0] for row in rows] == ["mpnet_tiny_digits"]
+    median, fastest, per_step, per_epoch = (float(v) for v in rows[0][3:7])
+    assert 0 < fastest <= median
+    assert per_step == pytest.approx(4 / (median / 1000), rel=0.05)
+    assert per_epoch > 0
+    assert re.fullmatch(NUMBER, rows[0][2])
+
+
+def test_train_throughput_unknown_pattern_is_named():
+    proc = run_cli("benchmarks/train_throughput.py", "--models", "nope*", check=False)
+    assert proc.returncode != 0
+    assert "--models" in proc.stderr and "nope*" in proc.stderr
+
+
+def test_grouped_conv_prints_ratios():
+    proc = run_cli("benchmarks/grouped_conv.py", "--shapes", "r8x8d_s3", "--batch-size", "2",
+                   "--repeats", "1", "--block", "1", "--no-keras-grouped", "--retries", "0")
+    rows = table_rows(proc.stdout)
+    assert rows[0][0] == "r8x8d_s3"
+    header = [line for line in proc.stdout.splitlines() if line.startswith("| shape")][0]
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    gc = float(rows[0][columns.index("GroupedConv2D ms")])
+    dense = float(rows[0][columns.index("dense Conv2D ms")])
+    assert gc > 0 and dense > 0
+    assert float(rows[0][columns.index("GC / dense")]) == pytest.approx(gc / dense, abs=0.01)
