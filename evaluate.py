@@ -27,11 +27,15 @@ def main(argv=None):
 
     from branchzoo import training
 
-    metrics = training.evaluate(
-        model=args.model, checkpoint=args.checkpoint, weights=args.weights,
-        dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
-        output=args.output, verbose=0,
-    )
+    try:
+        metrics = training.evaluate(
+            model=args.model, checkpoint=args.checkpoint, weights=args.weights,
+            dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
+            output=args.output, verbose=0,
+        )
+    except FileNotFoundError as e:  # missing data or checkpoint (DatasetNotFoundError included)
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
     print(f"loss {metrics['loss']:.4f}  top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
           f"({metrics['dataset']} test)")
     print(json.dumps({k: v for k, v in metrics.items() if k != "environment"}, indent=2))

@@ -51,18 +51,16 @@ def _stop(signum, frame):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from branchzoo import training
+    from branchzoo.data import DatasetNotFoundError
 
     training.configure_cpu_devices(args.cpu_devices)
-    run = training.resolve_run_config(
-        args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        model_kwargs=training.parse_model_kwargs(args.model_kwargs), strategy=args.strategy,
-        cpu_devices=args.cpu_devices, logdir=args.logdir, output=args.output,
-        export=args.export, augment=args.augment, deterministic=args.deterministic,
-        validate=args.validate, steps_per_epoch=args.steps_per_epoch,
-    )
+    try:
+        run = _resolve(training, args)
+    except (ValueError, FileNotFoundError) as e:  # a bad name or value: usage + message, exit 2
+        parser.error(str(e))
     # SIGTERM (a scheduler's stop) ends the run like Ctrl-C: the last finished
     # epoch is already backed up, so report how to resume.
     signal.signal(signal.SIGTERM, _stop)
@@ -73,11 +71,25 @@ def main(argv=None):
         print(f"\nInterrupted. Continue with the same command plus --resume "
               f"(backup in {os.path.join(run['output'], 'backup')}).", file=sys.stderr)
         return 130
+    except DatasetNotFoundError as e:  # data missing offline: say how to point at it, no traceback
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({k: metrics[k] for k in ("dataset", "loss", "top1", "top5")}, indent=2))
     print(f"Model, config and metrics in {run['output']}; TensorBoard: tensorboard --logdir {run['logdir']}")
     if run["export"]:
         print(f"SavedModel in {run['export']} (serve output within {metrics['export_max_abs_diff']:.2g} of Keras)")
     return 0
+
+
+def _resolve(training, args):
+    return training.resolve_run_config(
+        args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        model_kwargs=training.parse_model_kwargs(args.model_kwargs), strategy=args.strategy,
+        cpu_devices=args.cpu_devices, logdir=args.logdir, output=args.output,
+        export=args.export, augment=args.augment, deterministic=args.deterministic,
+        validate=args.validate, steps_per_epoch=args.steps_per_epoch,
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ import math
 import os
 import pickle
 import shutil
+import socket
 import tarfile
+import urllib.parse
 import uuid
 import warnings
 import zipfile
@@ -710,10 +712,15 @@ def _tfds_source(name, where):
         try:
             import tensorflow_datasets as tfds
 
+            unreachable = _unreachable_download_hosts(tfds, name)
+            if unreachable:  # fail now: tfds itself retries for minutes before giving up
+                raise fail(f"its download host cannot be reached ({'; '.join(unreachable)})")
             loaded = {
                 split: tfds.load(name, split=split, as_supervised=True, batch_size=-1)
                 for split in SPLITS
             }
+        except DatasetNotFoundError:
+            raise
         except Exception as e:  # offline failures come as many different types
             first_line = (str(e).strip().splitlines() or [""])[0]
             summary = f"{type(e).__name__}: {first_line}"[:300]
@@ -723,6 +730,26 @@ def _tfds_source(name, where):
         return images, labels, _CLASS_NAMES[name]
 
     return _Source(key=f"tfds{version}-v{_CACHE_VERSION}", decode=decode)
+
+
+def _unreachable_download_hosts(tfds, name, timeout=10.0):
+    """`host:port (error)` for each download host of tfds' `name` that a TCP connect fails on.
+
+    Empty when the dataset is already prepared in tfds' data_dir (nothing to download).
+    """
+    builder = tfds.builder(name)
+    if builder.is_prepared():
+        return []
+    ports = {"https": 443, "http": 80}
+    hosts = sorted({(u.hostname, u.port or ports.get(u.scheme, 443))
+                    for u in map(urllib.parse.urlsplit, builder.url_infos or {}) if u.hostname})
+    unreachable = []
+    for host, port in hosts:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as e:
+            unreachable.append(f"{host}:{port}: {type(e).__name__}: {e}")
+    return unreachable
 
 
 # --- decoders --------------------------------------------------------------------

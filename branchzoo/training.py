@@ -8,6 +8,7 @@ stays backend-agnostic.
 import copy
 import datetime
 import json
+import math
 import os
 import platform
 
@@ -16,6 +17,7 @@ import numpy as np
 from branchzoo import zoo
 from branchzoo._io import write_json_atomic
 from branchzoo.callbacks import AtomicBackupAndRestore, TensorBoard
+from branchzoo.layers._validation import check_int
 
 STRATEGIES = ("auto", "mirrored", "default")
 
@@ -188,14 +190,25 @@ def resolve_run_config(
     name = entry["name"]
     dataset = dataset or recipe.get("dataset") or entry["dataset"]
     output = output or os.path.join("runs", f"{name}-{dataset}")
+    epochs = check_int(epochs if epochs is not None else recipe["epochs"], "epochs", minimum=1)
+    batch_size = check_int(batch_size if batch_size is not None else recipe["batch_size"],
+                           "batch_size", minimum=1)
+    if steps_per_epoch is not None:
+        steps_per_epoch = check_int(steps_per_epoch, "steps_per_epoch", minimum=1)
+    lr = float(lr if lr is not None else recipe["lr"])
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"`lr` must be a positive finite number. Received: lr={lr!r}")
+    if strategy not in ("auto", "mirrored", "default"):
+        raise ValueError(f"`strategy` must be one of 'auto', 'mirrored', 'default'. "
+                         f"Received: strategy={strategy!r}")
     return {
         "model": name,
         "dataset": dataset,
         "data_dir": data_dir,
-        "epochs": int(epochs if epochs is not None else recipe["epochs"]),
-        "batch_size": int(batch_size if batch_size is not None else recipe["batch_size"]),
-        "lr": float(lr if lr is not None else recipe["lr"]),
-        "seed": int(seed),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": check_int(seed, "seed", minimum=0),
         "model_kwargs": dict(model_kwargs or {}),
         "strategy": strategy,
         "cpu_devices": cpu_devices,
@@ -261,7 +274,6 @@ def train(run, resume=False, verbose="auto"):
                 "Pass --resume to continue it, or choose another --output."
             )
         run = _check_resume(run, output)
-    os.makedirs(output, exist_ok=True)
 
     keras.utils.set_random_seed(run["seed"])
     if run["deterministic"]:
@@ -272,6 +284,7 @@ def train(run, resume=False, verbose="auto"):
     model_kwargs.update(run["model_kwargs"])
     run["resolved_model_config"] = zoo.resolved_config(run["model"], **model_kwargs)
     run["environment"] = environment()
+    os.makedirs(output, exist_ok=True)  # only once the model and data are known to be there
     write_json_atomic(os.path.join(output, "config.json"), _jsonable(run))
 
     strategy = make_strategy(run["strategy"])

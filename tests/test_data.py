@@ -8,6 +8,7 @@ small datasets the readers see are written by the tests themselves. The
 import gzip
 import os
 import pickle
+import socket
 import struct
 import tarfile
 
@@ -348,7 +349,13 @@ def test_explicit_data_dir_without_the_dataset_is_a_clear_error(tmp_path, monkey
 # --- tensorflow_datasets fallback ------------------------------------------------
 
 
-def test_offline_without_data_dir_explains_how_to_point_at_files(monkeypatch):
+@pytest.fixture
+def hosts_reachable(monkeypatch):
+    """The download-host probe passes, so failures come from tfds.load itself."""
+    monkeypatch.setattr(data, "_unreachable_download_hosts", lambda tfds, name: [])
+
+
+def test_offline_without_data_dir_explains_how_to_point_at_files(monkeypatch, hosts_reachable):
     tfds = pytest.importorskip("tensorflow_datasets")
 
     def offline(*args, **kwargs):
@@ -364,7 +371,48 @@ def test_offline_without_data_dir_explains_how_to_point_at_files(monkeypatch):
         assert word in message
 
 
-def test_offline_with_env_data_dir_lacking_the_dataset(tmp_path, monkeypatch):
+def test_unreachable_download_host_fails_fast_naming_the_host(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class Builder:
+        url_infos = {"https://example.invalid/cifar-100-binary.tar.gz": None,
+                     "http://other.invalid:8080/b.gz": None}
+
+        def is_prepared(self):
+            return False
+
+    probed = []
+
+    def refuse(address, timeout):
+        probed.append(address)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(tfds, "builder", lambda name: Builder())
+    monkeypatch.setattr(tfds, "load", lambda *a, **k: pytest.fail("must not start a download"))
+    monkeypatch.setattr(data.socket, "create_connection", refuse)
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.load_dataset("cifar100", "train", batch_size=8)
+    assert sorted(probed) == [("example.invalid", 443), ("other.invalid", 8080)]
+    message = str(info.value)
+    for word in ("example.invalid:443", "other.invalid:8080", "gaierror", "--data-dir", "cifar-100-python"):
+        assert word in message
+
+
+def test_prepared_tfds_dataset_needs_no_network(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class Builder:
+        url_infos = {"https://example.invalid/x.gz": None}
+
+        def is_prepared(self):
+            return True
+
+    monkeypatch.setattr(tfds, "builder", lambda name: Builder())
+    monkeypatch.setattr(data.socket, "create_connection", lambda *a, **k: pytest.fail("must not probe"))
+    assert data._unreachable_download_hosts(tfds, "mnist") == []
+
+
+def test_offline_with_env_data_dir_lacking_the_dataset(tmp_path, monkeypatch, hosts_reachable):
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.setattr(tfds, "load", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     monkeypatch.setenv("BRANCHZOO_DATA_DIR", str(tmp_path))
@@ -373,7 +421,7 @@ def test_offline_with_env_data_dir_lacking_the_dataset(tmp_path, monkeypatch):
     assert str(tmp_path) in str(info.value)
 
 
-def test_tfds_arrays_are_cached(monkeypatch, home):
+def test_tfds_arrays_are_cached(monkeypatch, home, hosts_reachable):
     tfds = pytest.importorskip("tensorflow_datasets")
     rng = np.random.default_rng(3)
     fake = {s: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n))
