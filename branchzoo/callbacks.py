@@ -10,7 +10,7 @@ import os
 
 import keras
 
-from branchzoo._io import write_json_atomic
+from branchzoo._io import temp_path, write_json_atomic
 
 _METADATA = "training_metadata.json"
 
@@ -62,8 +62,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         os.makedirs(self.backup_dir, exist_ok=True)
         epoch = self._current_epoch
         name = f"epoch-{epoch:04d}.weights.h5"
-        # Keras insists on the .weights.h5 suffix, so the temp name keeps it.
-        tmp = os.path.join(self.backup_dir, f".tmp-{os.getpid()}-{name}")
+        tmp = temp_path(self.backup_dir, suffix=f"-{name}")  # Keras insists on the suffix
         self.model.save_weights(tmp, overwrite=True)
         os.replace(tmp, os.path.join(self.backup_dir, name))
         write_json_atomic(self.metadata_path, {"epoch": epoch, "batch": 0, "weights": name})

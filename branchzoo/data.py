@@ -51,7 +51,6 @@ import shutil
 import socket
 import tarfile
 import urllib.parse
-import uuid
 import warnings
 import zipfile
 from concurrent import futures
@@ -59,6 +58,7 @@ from concurrent import futures
 import numpy as np
 import tensorflow as tf
 
+from branchzoo._io import atomic_open, temp_path
 from branchzoo.zoo import branchzoo_home
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder")
@@ -465,29 +465,16 @@ def _read_cache(path):
 
 def _write_cache(path, record):
     """Stores `record` at `path` atomically (temp file in the same folder + rename)."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = _temp_name(folder)
-    try:
-        with open(tmp, "xb") as f:
-            np.savez(
-                f,
-                **{f"{s}_images": record.images[s] for s in SPLITS},
-                **{f"{s}_labels": record.labels[s] for s in SPLITS},
-                class_names=np.array(record.class_names, dtype=str),
-                mean=record.mean,
-                std=record.std,
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _temp_name(folder):
-    """A fresh hidden name in `folder` (not tempfile's: it creates private 0600/0700 entries)."""
-    return os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_open(path, "wb") as f:
+        np.savez(
+            f,
+            **{f"{s}_images": record.images[s] for s in SPLITS},
+            **{f"{s}_labels": record.labels[s] for s in SPLITS},
+            class_names=np.array(record.class_names, dtype=str),
+            mean=record.mean,
+            std=record.std,
+        )
 
 
 def _fingerprint(root, paths):
@@ -658,18 +645,16 @@ def _extract(archive):
     exists only when complete; the "data" filter refuses absolute paths,
     ``..``, links leading out and device files.
     """
-    st = os.stat(archive)
-    ident = json.dumps([os.path.abspath(archive), st.st_size, st.st_mtime_ns])
     stem = os.path.basename(archive)
     for suffix in _ARCHIVE_SUFFIXES:
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
     root = os.path.join(branchzoo_home(), "extracted")
-    target = os.path.join(root, f"{stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}")
+    target = os.path.join(root, f"{stem}-{_fingerprint(os.path.dirname(archive), [archive])}")
     if os.path.isdir(target):
         return target
-    tmp = _temp_name(root)
+    tmp = temp_path(root)
     os.makedirs(tmp)
     try:
         try:

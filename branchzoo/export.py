@@ -9,6 +9,8 @@ import tempfile
 
 import numpy as np
 
+from branchzoo._io import temp_path
+
 
 def _replace_path(tmp, path):
     """Moves `tmp` onto `path`, replacing a previous file or folder there."""
@@ -27,8 +29,7 @@ def save_keras_atomic(model, path):
         raise ValueError(f"`path` must end in '.keras'. Received: path={path!r}")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
-    os.close(fd)
+    tmp = temp_path(folder, suffix=".keras")  # Keras insists on the suffix
     try:
         model.save(tmp)
         os.replace(tmp, path)

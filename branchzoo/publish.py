@@ -20,7 +20,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from branchzoo._io import sha256_of, write_json_atomic  # noqa: E402
+from branchzoo._io import atomic_open, sha256_of, write_json_atomic  # noqa: E402
 
 
 def count_parameters(model):
@@ -133,10 +133,8 @@ def write_readme_table(path, table):
         raise ValueError(f"{path} has no '{start}' ... '{end}' markers for the table.")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         f.write(f"{head}{start}\n{table}\n{end}{tail}")
-    os.replace(tmp, path)
 
 
 def main(argv=None):
