@@ -59,6 +59,7 @@ import numpy as np
 import tensorflow as tf
 
 from branchzoo._io import atomic_open, temp_path
+from branchzoo._validation import check_int
 from branchzoo.zoo import branchzoo_home
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder")
@@ -227,25 +228,17 @@ def load_dataset(name, split, batch_size, augment=None, data_dir=None, shuffle=N
     """
     name = _canonical_name(name)
     split = _check_split(split)
-    if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(
-            f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
-        )
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     for arg, value in (("augment", augment), ("shuffle", shuffle)):
         if value not in (None, True, False):
             raise ValueError(f"`{arg}` must be None, True or False. Received: {arg}={value!r}")
-    if seed is not None and not _is_int(seed):
-        raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
-    if epochs is not None and (not _is_int(epochs) or epochs < 1):
-        raise ValueError(f"`epochs` must be None or a positive integer. Received: epochs={epochs!r}")
-    if not _is_int(initial_epoch) or initial_epoch < 0:
-        raise ValueError(
-            f"`initial_epoch` must be a non-negative integer. Received: initial_epoch={initial_epoch!r}"
-        )
-    if steps_per_epoch is not None and (not _is_int(steps_per_epoch) or steps_per_epoch < 1):
-        raise ValueError(
-            f"`steps_per_epoch` must be None or a positive integer. Received: steps_per_epoch={steps_per_epoch!r}"
-        )
+    if seed is not None:
+        check_int(seed, "seed")
+    if epochs is not None:
+        check_int(epochs, "epochs", minimum=1)
+    check_int(initial_epoch, "initial_epoch", minimum=0)
+    if steps_per_epoch is not None:
+        check_int(steps_per_epoch, "steps_per_epoch", minimum=1)
     seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else int(seed)
 
     record = _load_record(name, data_dir)
@@ -354,10 +347,6 @@ def _check_split(split):
     if split not in SPLITS:
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
     return split
-
-
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _augmenter(image_shape, flip):

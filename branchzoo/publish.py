@@ -23,16 +23,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from branchzoo._io import atomic_open, sha256_of, write_json_atomic  # noqa: E402
 
 
-def count_parameters(model):
-    """Trainable and total (incl. BN moving statistics) parameter counts."""
-    import numpy as np
-
-    return {
-        "trainable": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
-        "total": int(model.count_params()),
-    }
-
-
 def _update_entry(name, **fields):
     from branchzoo import zoo
 
@@ -49,7 +39,7 @@ def publish_parameters(names):
     from branchzoo import zoo
 
     for name in names:
-        params = count_parameters(zoo.build(name))
+        params = zoo.count_parameters(zoo.build(name))
         _update_entry(name, parameters=params)
         print(f"{name}: {params}")
 
@@ -83,7 +73,7 @@ def publish_weights(name, run_dir=None, seed=0):
     command = f"python -m branchzoo.publish {name}" + (f" --seed {seed}" if seed else "")
     _update_entry(
         name,
-        parameters=count_parameters(model),
+        parameters=zoo.count_parameters(model),
         weights={"file": fname, "sha256": digest, "origin": fname},
         metrics={
             "dataset": metrics["dataset"],

@@ -16,8 +16,8 @@ import numpy as np
 
 from branchzoo import zoo
 from branchzoo._io import write_json_atomic
+from branchzoo._validation import check_int
 from branchzoo.callbacks import AtomicBackupAndRestore, TensorBoard
-from branchzoo.layers._validation import check_int
 
 STRATEGIES = ("auto", "mirrored", "default")
 
@@ -73,8 +73,7 @@ def make_strategy(kind="auto"):
     """
     import tensorflow as tf
 
-    if kind not in STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={kind!r}")
+    _check_strategy(kind)
     gpus = tf.config.list_logical_devices("GPU")
     if kind == "auto":
         kind = "mirrored" if len(gpus) > 1 else "default"
@@ -82,6 +81,11 @@ def make_strategy(kind="auto"):
         return tf.distribute.get_strategy()
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
     return tf.distribute.MirroredStrategy(devices=devices)
+
+
+def _check_strategy(kind):
+    if kind not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={kind!r}")
 
 
 def set_synchronized_batchnorm(model, synchronized):
@@ -188,7 +192,7 @@ def resolve_run_config(
     entry = zoo.get_entry(model)
     recipe = copy.deepcopy(entry["recipe"])
     name = entry["name"]
-    dataset = dataset or recipe.get("dataset") or entry["dataset"]
+    dataset = dataset or _recipe_dataset(entry)
     output = output or os.path.join("runs", f"{name}-{dataset}")
     epochs = check_int(epochs if epochs is not None else recipe["epochs"], "epochs", minimum=1)
     batch_size = check_int(batch_size if batch_size is not None else recipe["batch_size"],
@@ -198,9 +202,7 @@ def resolve_run_config(
     lr = float(lr if lr is not None else recipe["lr"])
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"`lr` must be a positive finite number. Received: lr={lr!r}")
-    if strategy not in ("auto", "mirrored", "default"):
-        raise ValueError(f"`strategy` must be one of 'auto', 'mirrored', 'default'. "
-                         f"Received: strategy={strategy!r}")
+    _check_strategy(strategy)
     return {
         "model": name,
         "dataset": dataset,
@@ -221,6 +223,11 @@ def resolve_run_config(
         "export": export,
         "recipe": recipe,
     }
+
+
+def _recipe_dataset(entry):
+    """The dataset a zoo entry trains and is evaluated on by default."""
+    return entry["recipe"].get("dataset") or entry["dataset"]
 
 
 def _check_resume(run, output):
@@ -337,10 +344,7 @@ def train(run, resume=False, verbose="auto"):
         "epochs_run_in_this_process": len(history.epoch),
         "first_epoch_in_this_process": (history.epoch[0] + 1) if history.epoch else None,
         "replicas": replicas,
-        "parameters": {
-            "trainable": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-            "total": int(model.count_params()),
-        },
+        "parameters": zoo.count_parameters(model),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     save_keras_atomic(model, os.path.join(output, "model.keras"))
@@ -392,7 +396,7 @@ def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_
         source = {"checkpoint": os.path.abspath(checkpoint)}
     else:
         entry = zoo.get_entry(model)
-        dataset = dataset or entry["recipe"].get("dataset") or entry["dataset"]
+        dataset = dataset or _recipe_dataset(entry)
         info = data.dataset_info(dataset, data_dir=data_dir)
         net = zoo.load(model, weights=weights, input_shape=list(info.image_shape),
                        num_classes=info.num_classes)
@@ -414,8 +418,7 @@ def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_
         "environment": environment(),
     }
     output = output or f"eval-{label}-{dataset}.json"
-    if os.path.dirname(os.path.abspath(output)):
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     write_json_atomic(output, metrics)
     metrics["output"] = output
     return metrics

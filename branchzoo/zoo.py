@@ -16,6 +16,7 @@ import copy
 import difflib
 import fnmatch
 import json
+import math
 import os
 import shutil
 import sys
@@ -169,6 +170,14 @@ def build(name, **overrides):
     config = resolved_config(name, **overrides)
     config.setdefault("name", entry["name"])
     return record["fn"](**config)
+
+
+def count_parameters(model):
+    """Trainable and total (incl. BN moving statistics) parameter counts of a model."""
+    return {
+        "trainable": int(sum(math.prod(w.shape) for w in model.trainable_weights)),
+        "total": int(model.count_params()),
+    }
 
 
 def model_card(name):

@@ -57,7 +57,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from branchzoo.layers._validation import check_int
+from branchzoo._validation import check_int
 
 IMPLEMENTATIONS = ("auto", "native", "split", "depthwise")
 

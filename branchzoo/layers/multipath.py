@@ -7,7 +7,7 @@ reference code (../shared/docs/SPEC-NOTES.md, section 3).
 import keras
 from keras import layers
 
-from branchzoo.layers._validation import check_int
+from branchzoo._validation import check_int
 
 
 def normalize_pathways(pathways):

@@ -16,8 +16,8 @@ pathways of ``n_p`` conv layers of kernel ``s_p`` side by side and sums them
 import keras
 from keras import layers
 
+from branchzoo._validation import check_int
 from branchzoo.layers import MultiPathBlock
-from branchzoo.layers._validation import check_int
 from branchzoo.layers.multipath import normalize_pathways
 from branchzoo.registry import register_builder
 

@@ -1,4 +1,4 @@
-"""Argument checks shared by the layers: errors name the argument and echo it."""
+"""Argument checks shared across branchzoo: errors name the argument and echo it."""
 
 import numbers
 
