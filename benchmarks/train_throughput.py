@@ -22,30 +22,25 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 
-class _StepTimer:
-    """Keras callback that records the wall time of every training step."""
 
-    def __new__(cls):
-        import keras
+class StepTimer(keras.callbacks.Callback):
+    """Records the wall time of every training step."""
 
-        class StepTimer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.seconds = []
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
 
-            def on_train_batch_begin(self, batch, logs=None):
-                self._start = time.perf_counter()
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
 
-            def on_train_batch_end(self, batch, logs=None):
-                self.seconds.append(time.perf_counter() - self._start)
-
-        return StepTimer()
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
 
 
 def measure(name, size, batch, steps, overrides):
     """One table row for `name`: builds, warms up and times a training epoch."""
-    import keras
     import numpy as np
 
     import branchzoo
@@ -59,7 +54,7 @@ def measure(name, size, batch, steps, overrides):
     model = branchzoo.build(name, input_shape=(size, size, 3), num_classes=10, **overrides)
     compile_classifier(model, keras.optimizers.SGD(0.01, momentum=0.9))
     model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # trace + warm-up
-    timer = _StepTimer()
+    timer = StepTimer()
     start = time.perf_counter()
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
     seconds = time.perf_counter() - start
@@ -89,7 +84,6 @@ def main(argv=None):
         print(measure(args.one, args.image_size, args.batch_size, args.steps, overrides))
         return
 
-    import keras
     import tensorflow as tf
 
     import branchzoo
