@@ -4,7 +4,7 @@ For the grouped-convolution shapes of ResNeXt-29 8x8d and 8x64d, the modular
 CIFAR-10 CNN ensemble (10 modules) and a depthwise case, times one training
 step (forward, then gradients w.r.t. the input and the kernel; compiled as
 Keras' trainers do on CPU: ``tf.function`` without XLA on TensorFlow,
-``jax.jit`` on JAX, chosen by KERAS_BACKEND) of
+``jax.jit`` on JAX, eager autograd on PyTorch, chosen by KERAS_BACKEND) of
 
 - Keras ``Conv2D(groups=G)`` (on CPU an XLA grouped convolution; slow, so
   timed on ``--keras-repeats`` steps only and skipped past a time cap),
@@ -12,7 +12,13 @@ Keras' trainers do on CPU: ``tf.function`` without XLA on TensorFlow,
   chose is printed),
 - a dense ``Conv2D`` with the same input/output channels (groups=1),
 - PyTorch ``nn.Conv2d(groups=G)`` on CPU (NCHW, ``torch.set_num_threads`` =
-  ``--threads``), when torch is installed.
+  ``--threads``), when torch is installed,
+- on the TensorFlow backend, for reference, TensorFlow's own grouped
+  convolution: ``tf.nn.conv2d`` with the grouped kernel in a ``tf.function``
+  (oneDNN's grouped primitive in graph mode). ``keras.ops`` cannot reach it
+  (Keras compiles every grouped convolution with XLA), so GroupedConv2D does
+  not use it; the column shows what the best grouped kernel TensorFlow has
+  achieves on these shapes.
 
 The methods are timed round-robin (per round and method: one untimed step,
 which wakes that method's thread pool while the previous one's spins down,
@@ -27,6 +33,7 @@ ceiling measured at startup on the same backend.
     python benchmarks/grouped_conv.py                    # everything, ~10 min on 2 cores
     python benchmarks/grouped_conv.py --shapes 'r8x8d*'  # one family
     KERAS_BACKEND=jax python benchmarks/grouped_conv.py --extra-routes split:1,split:2
+    KERAS_BACKEND=torch python benchmarks/grouped_conv.py --extra-routes split:1
 """
 
 import argparse
@@ -36,6 +43,8 @@ import platform
 import statistics
 import sys
 import time
+
+from _args import non_negative_int, positive_int  # benchmarks/_args.py (the script's folder is on sys.path)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -67,23 +76,29 @@ SHAPES = [
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="override every shape's batch (default: 32; 16 for 8x64d)")
-    p.add_argument("--repeats", type=int, default=8, help="rounds; each method is timed --block steps per round")
-    p.add_argument("--block", type=int, default=3, help="consecutive timed steps per method and round")
+    p.add_argument("--repeats", type=positive_int, default=8, help="rounds; each method is timed --block steps per round")
+    p.add_argument("--block", type=positive_int, default=3, help="consecutive timed steps per method and round")
     p.add_argument("--shapes", default="*", help="fnmatch pattern(s), comma-separated, on shape names")
-    p.add_argument("--threads", type=int, default=os.cpu_count(),
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count(),
                    help="TF intra-op threads and torch.set_num_threads")
-    p.add_argument("--keras-repeats", type=int, default=2,
+    p.add_argument("--tf-intra-op-threads", type=positive_int, default=None,
+                   help="TensorFlow intra-op threads (default: --threads); torch keeps --threads")
+    p.add_argument("--tf-inter-op-threads", type=positive_int, default=None,
+                   help="TensorFlow inter-op threads (default: TensorFlow's choice)")
+    p.add_argument("--keras-repeats", type=positive_int, default=2,
                    help="timed steps of Keras Conv2D(groups) (it takes seconds per step)")
     p.add_argument("--keras-cap", type=float, default=30.0,
                    help="skip Keras Conv2D(groups) when its first (compiling) step takes longer (s)")
     p.add_argument("--max-other-load", type=float, default=0.1,
                    help="fraction of the CPUs other processes may use while a shape is timed; "
                         "above it the shape is timed again (Linux /proc only)")
-    p.add_argument("--retries", type=int, default=2, help="re-timings of a shape disturbed by other load")
+    p.add_argument("--retries", type=non_negative_int, default=2, help="re-timings of a shape disturbed by other load")
     p.add_argument("--no-keras-grouped", action="store_true", help="skip Keras Conv2D(groups)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    p.add_argument("--no-tf-grouped", action="store_true",
+                   help="skip the reference column of tf.nn.conv2d with a grouped kernel (TensorFlow backend)")
     p.add_argument("--implementation", default="auto",
                    help="GroupedConv2D implementation of the main column (default auto)")
     p.add_argument("--extra-routes", default="",
@@ -96,7 +111,7 @@ def main(argv=None):
     args = parse_args(argv)
     import numpy as np
 
-    backend = Backend(args.threads)
+    backend = Backend(args.threads, args.tf_intra_op_threads, args.tf_inter_op_threads)
     import keras
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -115,9 +130,13 @@ def main(argv=None):
     print(f"# {time.strftime('%Y-%m-%d')}, keras {keras.__version__} ({backend.name} {backend.version})"
           + (f", torch {torch.version}" if torch else "")
           + f", python {platform.python_version()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, {args.threads} threads, matmul ceiling {ceiling:.0f} GFLOP/s "
+          f"{os.cpu_count()} CPUs, {args.threads} threads"
+          + (f" (TF intra-op {args.tf_intra_op_threads})" if args.tf_intra_op_threads else "")
+          + (f" (TF inter-op {args.tf_inter_op_threads})" if args.tf_inter_op_threads else "")
+          + f", matmul ceiling {ceiling:.0f} GFLOP/s "
           f"({backend.name} 2048^3 fp32 matmul)", flush=True)
-    print(table_head(ceiling, extra_routes), flush=True)
+    tf_col = backend.name == "tensorflow" and not args.no_tf_grouped
+    print(table_head(ceiling, extra_routes, tf_col), flush=True)
 
     rows = []
     for name, batch, hw, cin, cout, groups, k, stride, padding in shapes:
@@ -136,6 +155,8 @@ def main(argv=None):
             layer = GroupedConv2D(cout, k, groups=groups, implementation=implementation,
                                   groups_per_conv=int(per_conv) if per_conv else None, **conv_args)
             methods[route] = backend.train_step(layer, x_np, cap=args.keras_cap)
+        if backend.name == "tensorflow" and not args.no_tf_grouped:
+            methods["tf_grouped"] = backend.tf_grouped_step(gc, x_np)
         if torch is not None:
             torch.setup(batch, hw, cin, cout, groups, k, stride, padding)
             methods["torch"] = torch.step
@@ -173,12 +194,12 @@ def main(argv=None):
         row = dict(name=name, batch=batch, hw=hw, cin=cin, cout=cout, groups=groups, k=k, stride=stride,
                    padding=padding, keras=keras_ms, keras_note=keras_note, route=gc.resolved_implementation,
                    other_load=other_load, gflops=gflops, pct=100 * gflops / ceiling,
-                   extra={r: med.get(r) for r in extra_routes}, **med)
+                   tf_col=tf_col, extra={r: med.get(r) for r in extra_routes}, **med)
         rows.append(row)
         print(format_row(row), flush=True)
 
     print()
-    print(table_head(ceiling, extra_routes))
+    print(table_head(ceiling, extra_routes, tf_col))
     print("\n".join(format_row(r) for r in rows))
     return rows
 
@@ -203,23 +224,31 @@ class Backend:
 
     TensorFlow: ``tf.function`` without XLA, as Keras' TF trainer runs on CPU.
     JAX: ``jax.jit`` of ``jax.grad`` over ``stateless_call``, as Keras' JAX trainer.
+    PyTorch: eager forward and ``backward()``, as Keras' torch trainer.
     """
 
-    def __init__(self, threads):
+    def __init__(self, threads, tf_intra=None, tf_inter=None):
         import keras
 
         self.name = keras.config.backend()
         if self.name == "tensorflow":
             import tensorflow as tf
 
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_intra_op_parallelism_threads(tf_intra or threads)
+            if tf_inter:
+                tf.config.threading.set_inter_op_parallelism_threads(tf_inter)
             self.version = tf.__version__
         elif self.name == "jax":
             import jax
 
             self.version = jax.__version__
+        elif self.name == "torch":
+            import torch
+
+            torch.set_num_threads(threads)
+            self.version = torch.__version__
         else:
-            raise SystemExit(f"KERAS_BACKEND must be tensorflow or jax. Received: {self.name}")
+            raise SystemExit(f"KERAS_BACKEND must be tensorflow, jax or torch. Received: {self.name}")
 
     def train_step(self, layer, x_np, cap=None):
         """Returns a function running one step; None when its first (compiling) step exceeds `cap` s."""
@@ -239,6 +268,19 @@ class Backend:
             def run():
                 for g in step():
                     g.numpy()
+
+        elif self.name == "torch":
+            import torch
+
+            x = torch.tensor(x_np, requires_grad=True)
+            params = [v.value for v in layer.trainable_variables]
+
+            def run():
+                x.grad = None
+                for p in params:
+                    p.grad = None
+                y = layer(x)
+                (y * y).mean().backward()
 
         else:
             import jax
@@ -263,6 +305,28 @@ class Backend:
                 return None
         return run
 
+    def tf_grouped_step(self, layer, x_np):
+        """TensorFlow's own grouped convolution (oneDNN in graph mode) on `layer`'s weights, as one step."""
+        import tensorflow as tf
+
+        x = tf.Variable(x_np)
+        kernel = tf.Variable(layer.kernel.numpy())
+        strides, dilations = list(layer.strides), list(layer.dilation_rate)
+        padding = layer.padding.upper()
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                y = tf.nn.conv2d(x, kernel, strides, padding, dilations=dilations)
+                loss = tf.reduce_mean(y * y)
+            return tape.gradient(loss, [x, kernel])
+
+        def run():
+            for g in step():
+                g.numpy()
+
+        return run
+
     def matmul_ceiling(self, n=2048, repeats=10):
         rng = __import__("numpy").random.default_rng(0)
         a, b = (rng.standard_normal((n, n)).astype("float32") for _ in range(2))
@@ -272,6 +336,11 @@ class Backend:
             a, b = tf.constant(a), tf.constant(b)
             f = tf.function(lambda: tf.matmul(a, b))
             run = lambda: f().numpy()  # noqa: E731
+        elif self.name == "torch":
+            import torch
+
+            a, b = torch.from_numpy(a), torch.from_numpy(b)
+            run = lambda: torch.matmul(a, b)  # noqa: E731
         else:
             import jax
 
@@ -412,14 +481,19 @@ def format_row(r):
     shape = f"{r['cin']}->{r['cout']} g{r['groups']} k{r['k']} s{r['stride']} {r['hw']}x{r['hw']} {r['padding']}"
     cells = [r["name"], shape, r["batch"], keras_col, _ms(r["grouped"]), r["route"], _ms(r["dense"]), _ms(torch_ms),
              ratio_t, f"{r['grouped'] / r['dense']:.2f}", f"{r['gflops']:.0f}", f"{r['pct']:.0f}%", load]
+    if r["tf_col"]:
+        tf_ms = r.get("tf_grouped")
+        cells += [_ms(tf_ms), "-" if torch_ms is None or tf_ms is None else f"{tf_ms / torch_ms:.2f}"]
     cells += [_ms(v) for v in r["extra"].values()]
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def table_head(ceiling, extra_routes=()):
+def table_head(ceiling, extra_routes=(), tf_col=False):
     cols = ["shape", "Cin->Cout groups k stride HxW padding", "batch", "Keras Conv2D(groups) ms",
             "GroupedConv2D ms", "route", "dense Conv2D ms", "torch ms", "GC / torch", "GC / dense",
             "GC GFLOP/s", f"% of matmul ceiling ({ceiling:.0f} GFLOP/s)", "other load %"]
+    if tf_col:
+        cols += ["tf.nn.conv2d(groups) ms", "tf.nn.conv2d(groups) / torch"]
     cols += [f"{r} ms" for r in extra_routes]
     return "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols)
 

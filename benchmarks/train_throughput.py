@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from _args import positive_int  # benchmarks/_args.py (the script's folder is on sys.path)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
@@ -69,9 +71,9 @@ def measure(name, size, batch, steps, overrides):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="mpnet*", help="fnmatch pattern over zoo names")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=6, help="timed steps (one epoch)")
+    p.add_argument("--image-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--steps", type=positive_int, default=6, help="timed steps (one epoch)")
     p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="builder overrides for every model, e.g. widths=[16,32,64,128]")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model, print its row

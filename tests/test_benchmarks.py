@@ -16,6 +16,13 @@ def table_rows(stdout):
     return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[1:] if "---" not in row]
 
 
+def assert_ratio_of_rounded(ratio_cell, numerator, denominator):
+    """The ms cells are rounded to 0.1 and the ratio to 0.01: the ratio (of unrounded times) lies within their bounds."""
+    low = (numerator - 0.05) / (denominator + 0.05)
+    high = (numerator + 0.05) / max(denominator - 0.05, 1e-9)
+    assert low - 0.005 <= float(ratio_cell) <= high + 0.005, (ratio_cell, numerator, denominator)
+
+
 def test_train_throughput_prints_a_row_per_model():
     proc = run_cli("benchmarks/train_throughput.py", "--models", "mpnet_tiny*",
                    "--image-size", "16", "--batch-size", "4", "--steps", "2",
@@ -46,3 +53,37 @@ def test_grouped_conv_prints_ratios():
     dense = float(rows[0][columns.index("dense Conv2D ms")])
     assert gc > 0 and dense > 0
     assert float(rows[0][columns.index("GC / dense")]) == pytest.approx(gc / dense, abs=0.01)
+    # TensorFlow backend: the reference column of TF's own grouped convolution
+    tf_grouped = float(rows[0][columns.index("tf.nn.conv2d(groups) ms")])
+    assert tf_grouped > 0
+    torch_cell = rows[0][columns.index("torch ms")]
+    ratio_cell = rows[0][columns.index("tf.nn.conv2d(groups) / torch")]
+    if torch_cell == "-":
+        assert ratio_cell == "-"
+    else:
+        assert_ratio_of_rounded(ratio_cell, tf_grouped, float(torch_cell))
+
+
+def test_grouped_conv_runs_on_the_torch_backend(monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    proc = run_cli("benchmarks/grouped_conv.py", "--shapes", "r8x8d_s3_down", "--batch-size", "2",
+                   "--repeats", "1", "--block", "1", "--no-keras-grouped", "--retries", "0",
+                   "--extra-routes", "split:1")
+    assert "(torch " in proc.stdout.splitlines()[0]
+    rows = table_rows(proc.stdout)
+    header = [line for line in proc.stdout.splitlines() if line.startswith("| shape")][0]
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    assert rows[0][0] == "r8x8d_s3_down"
+    assert rows[0][columns.index("route")] == "native"
+    assert "tf.nn.conv2d(groups) ms" not in columns  # TensorFlow-only reference column
+    assert float(rows[0][columns.index("split:1 ms")]) > 0
+    assert float(rows[0][columns.index("GroupedConv2D ms")]) > 0
+
+
+@pytest.mark.parametrize("script", ["benchmarks/grouped_conv.py", "benchmarks/train_throughput.py"])
+def test_benchmark_arguments_are_checked(script):
+    flag = "--repeats" if "grouped" in script else "--steps"
+    proc = run_cli(script, flag, "0", check=False)
+    assert proc.returncode == 2
+    assert flag in proc.stderr and "positive integer" in proc.stderr and "'0'" in proc.stderr
