@@ -81,9 +81,30 @@ def test_grouped_conv_runs_on_the_torch_backend(monkeypatch):
     assert float(rows[0][columns.index("GroupedConv2D ms")]) > 0
 
 
-@pytest.mark.parametrize("script", ["benchmarks/grouped_conv.py", "benchmarks/train_throughput.py"])
-def test_benchmark_arguments_are_checked(script):
-    flag = "--repeats" if "grouped" in script else "--steps"
+def test_grouped_conv_alternatives_check_and_time_every_route():
+    # run_cli fails the test on a non-zero exit: the script exits non-zero when any route's output,
+    # input gradient or kernel gradient differs from tf.nn.conv2d's by more than 1e-5 relative
+    proc = run_cli("benchmarks/grouped_conv_alternatives.py", "--shapes", "r8x8d_s3,r8x8d_s3_down",
+                   "--batch-size", "2", "--repeats", "1", "--block", "1")
+    rows = {row[0]: row for row in table_rows(proc.stdout)}
+    assert set(rows) == {"r8x8d_s3", "r8x8d_s3_down"}
+    header = [line for line in proc.stdout.splitlines() if line.startswith("| shape")][0]
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    stride1, stride2 = rows["r8x8d_s3"], rows["r8x8d_s3_down"]
+    # Winograd is built for stride 1, space-to-depth for stride 2: each row times the routes that apply
+    for row, timed, absent in ((stride1, "winograd", "space_to_depth"), (stride2, "space_to_depth", "winograd")):
+        split = float(row[columns.index("split ms")])
+        for route in ("tf_grouped", timed):
+            ms = float(row[columns.index(f"{route} ms")])
+            assert ms > 0 and split > 0
+            assert_ratio_of_rounded(row[columns.index(f"{route} / split")], ms, split)
+        assert row[columns.index(f"{absent} ms")] == "-"
+
+
+@pytest.mark.parametrize("script, flag", [("benchmarks/grouped_conv.py", "--repeats"),
+                                          ("benchmarks/grouped_conv_alternatives.py", "--block"),
+                                          ("benchmarks/train_throughput.py", "--steps")])
+def test_benchmark_arguments_are_checked(script, flag):
     proc = run_cli(script, flag, "0", check=False)
     assert proc.returncode == 2
     assert flag in proc.stderr and "positive integer" in proc.stderr and "'0'" in proc.stderr

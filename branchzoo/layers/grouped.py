@@ -46,9 +46,11 @@ Routes (``implementation=``):
   split too (groups of 8 channels);
 - any other backend: ``"native"``.
 
-These thresholds come from the measurements in benchmarks/README.md
-(2-core Sapphire Rapids, TF 2.21 / JAX 0.10). The rule looks at the devices
-of the process, not at a surrounding ``tf.device`` scope.
+These thresholds come from the measurements in benchmarks/README.md (2-core
+Intel Sapphire Rapids VM, TF 2.21 / JAX 0.10; rechecked on a 2-core AMD EPYC
+Zen 4 VM, where merging 16 -> 16 groups in pairs was again slower). The rule
+looks at the devices of the process, not at a surrounding ``tf.device``
+scope.
 """
 
 import functools
