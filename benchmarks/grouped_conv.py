@@ -155,7 +155,7 @@ def main(argv=None):
             layer = GroupedConv2D(cout, k, groups=groups, implementation=implementation,
                                   groups_per_conv=int(per_conv) if per_conv else None, **conv_args)
             methods[route] = backend.train_step(layer, x_np, cap=args.keras_cap)
-        if backend.name == "tensorflow" and not args.no_tf_grouped:
+        if tf_col:
             methods["tf_grouped"] = backend.tf_grouped_step(gc, x_np)
         if torch is not None:
             torch.setup(batch, hw, cin, cout, groups, k, stride, padding)
