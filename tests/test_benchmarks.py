@@ -16,6 +16,12 @@ def table_rows(stdout):
     return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[1:] if "---" not in row]
 
 
+def table_columns(stdout):
+    """Column names of the first markdown table header in `stdout`."""
+    header = next(line for line in stdout.splitlines() if line.startswith("| shape"))
+    return [cell.strip() for cell in header.strip("|").split("|")]
+
+
 def assert_ratio_of_rounded(ratio_cell, numerator, denominator):
     """The ms cells are rounded to 0.1 and the ratio to 0.01: the ratio (of unrounded times) lies within their bounds."""
     low = (numerator - 0.05) / (denominator + 0.05)
@@ -47,8 +53,7 @@ def test_grouped_conv_prints_ratios():
                    "--repeats", "1", "--block", "1", "--no-keras-grouped", "--retries", "0")
     rows = table_rows(proc.stdout)
     assert rows[0][0] == "r8x8d_s3"
-    header = [line for line in proc.stdout.splitlines() if line.startswith("| shape")][0]
-    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    columns = table_columns(proc.stdout)
     gc = float(rows[0][columns.index("GroupedConv2D ms")])
     dense = float(rows[0][columns.index("dense Conv2D ms")])
     assert gc > 0 and dense > 0
@@ -72,8 +77,7 @@ def test_grouped_conv_runs_on_the_torch_backend(monkeypatch):
                    "--extra-routes", "split:1")
     assert "(torch " in proc.stdout.splitlines()[0]
     rows = table_rows(proc.stdout)
-    header = [line for line in proc.stdout.splitlines() if line.startswith("| shape")][0]
-    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    columns = table_columns(proc.stdout)
     assert rows[0][0] == "r8x8d_s3_down"
     assert rows[0][columns.index("route")] == "native"
     assert "tf.nn.conv2d(groups) ms" not in columns  # TensorFlow-only reference column
@@ -88,8 +92,7 @@ def test_grouped_conv_alternatives_check_and_time_every_route():
                    "--batch-size", "2", "--repeats", "1", "--block", "1")
     rows = {row[0]: row for row in table_rows(proc.stdout)}
     assert set(rows) == {"r8x8d_s3", "r8x8d_s3_down"}
-    header = [line for line in proc.stdout.splitlines() if line.startswith("| shape")][0]
-    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    columns = table_columns(proc.stdout)
     stride1, stride2 = rows["r8x8d_s3"], rows["r8x8d_s3_down"]
     # Winograd is built for stride 1, space-to-depth for stride 2: each row times the routes that apply
     for row, timed, absent in ((stride1, "winograd", "space_to_depth"), (stride2, "space_to_depth", "winograd")):
