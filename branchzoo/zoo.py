@@ -18,25 +18,12 @@ import fnmatch
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
-import urllib.parse
-import urllib.request
 
-from branchzoo import registry
-from branchzoo._io import sha256_of
+from branchzoo import download, registry
+from branchzoo.download import branchzoo_home  # noqa: F401  (zoo.branchzoo_home, as before)
 
 REQUIRED_KEYS = ("name", "builder", "config", "dataset", "recipe")
-
-
-def branchzoo_home():
-    """The cache root: ``$BRANCHZOO_HOME``, default ``~/.keras/branchzoo``."""
-    home = os.environ.get("BRANCHZOO_HOME")
-    if not home:
-        keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-        home = os.path.join(keras_home, "branchzoo")
-    return home
 
 
 def zoo_dir():
@@ -154,6 +141,24 @@ def resolved_config(name, **overrides):
     return config
 
 
+def check_builder_arguments(name, arguments):
+    """Raises ValueError naming any of `arguments` that the builder of `name` does not take."""
+    import inspect
+
+    fn = registry.get_builder(get_entry(name)["builder"])["fn"]
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(arguments) - set(params))
+    if unknown:
+        accepted = [p for p in params if p != "name"]
+        raise ValueError(
+            f"Model '{resolve_name(name)}' (builder '{fn.__name__}') takes no argument "
+            f"{', '.join(repr(u) for u in unknown)}. Its arguments: {', '.join(accepted)}. "
+            f"Received: {', '.join(f'{u}={arguments[u]!r}' for u in unknown)}"
+        )
+
+
 def build(name, **overrides):
     """Builds the named model, untrained.
 
@@ -167,6 +172,7 @@ def build(name, **overrides):
     """
     entry = get_entry(name)
     record = registry.get_builder(entry["builder"])
+    check_builder_arguments(name, overrides)
     config = resolved_config(name, **overrides)
     config.setdefault("name", entry["name"])
     return record["fn"](**config)
@@ -247,65 +253,9 @@ def load(name, weights="default", **overrides):
     return model
 
 
-def weights_origin(entry):
-    """Where the weights of `entry` are fetched from.
-
-    ``$BRANCHZOO_WEIGHTS_URL`` (a mirror, or ``file://`` folder for
-    air-gapped machines) + file name when set; else the entry's ``origin``,
-    which may be relative to the zoo folder.
-    """
-    w = entry["weights"]
-    base = os.environ.get("BRANCHZOO_WEIGHTS_URL")
-    if base:
-        return base.rstrip("/") + "/" + urllib.parse.quote(w["file"])
-    origin = w.get("origin") or w["file"]
-    if "://" not in origin:
-        origin = "file://" + urllib.request.pathname2url(
-            os.path.abspath(os.path.join(os.path.dirname(entry["_path"]), origin))
-        )
-    return origin
-
-
 def fetch_weights(name):
     """Fetches the published weights of `name` into the cache; returns the path."""
     entry = get_entry(name)
     if not entry.get("weights"):
         raise ValueError(f"Model '{entry['name']}' has no published weights.")
-    w = entry["weights"]
-    return fetch_file(weights_origin(entry), w["file"], w["sha256"], subdir="weights")
-
-
-def fetch_file(origin, fname, sha256, subdir="weights"):
-    """Downloads `origin` as ``<cache>/<subdir>/<fname>``, verified by sha256.
-
-    A cached file with the wrong hash is fetched again. The download goes to
-    a temporary folder in the cache and is moved into place only once its
-    hash matches, so a corrupt or interrupted download leaves nothing behind.
-    """
-    import keras  # deferred: reading cards must not need the framework
-
-    cache = os.path.join(branchzoo_home(), subdir)
-    os.makedirs(cache, exist_ok=True)
-    target = os.path.join(cache, fname)
-    if os.path.exists(target):
-        if sha256_of(target) == sha256:
-            return target
-        print(f"Cached {target} does not match sha256 {sha256}; fetching it again.")
-        os.remove(target)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=cache)
-    try:
-        try:
-            path = keras.utils.get_file(
-                fname=fname, origin=origin, file_hash=sha256, hash_algorithm="sha256",
-                cache_dir=tmp, cache_subdir="dl",
-            )
-        except ValueError as e:
-            raise ValueError(
-                f"The file fetched from {origin} does not match its sha256 {sha256}; "
-                f"nothing was cached. ({e})"
-            ) from None
-        os.replace(path, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
+    return download.fetch_weights(entry)
