@@ -26,14 +26,33 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     removed: the metadata always points at a complete checkpoint of the
     epoch it names.
 
+    Training in phases (`branchzoo.tasks.resolve_phases`) sets `phase`
+    before each phase's `fit`; the metadata records the phase whose optimizer
+    the checkpoint holds. Restoring into the same phase restores everything;
+    restoring into a later phase (a resume right at a phase boundary)
+    restores the model's weights only, since that phase starts with a fresh
+    optimizer of its own.
+
     Args:
         backup_dir: folder for the backup; deleted after training finishes
-            (``delete_checkpoint=True``).
+            (``delete_checkpoint=True``; with several `fit` calls, pass False
+            and call `delete()` after the last).
         delete_checkpoint: as in Keras.
+        prepare: ``fn(model)`` creating every optimizer variable before a
+            checkpoint is loaded into them (default: builds
+            ``model.optimizer``); models with several optimizers pass theirs.
     """
 
-    def __init__(self, backup_dir, delete_checkpoint=True):
+    def __init__(self, backup_dir, delete_checkpoint=True, prepare=None):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=delete_checkpoint)
+        self.phase = 0
+        self._prepare = prepare
+
+    def delete(self):
+        """Removes the backup folder (after the last phase finished)."""
+        import shutil
+
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
 
     @property
     def metadata_path(self):
@@ -53,9 +72,16 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         if not self.model.built:
             raise ValueError("BackupAndRestore needs a built model before fit().")
         weights = os.path.join(self.backup_dir, metadata["weights"])
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(weights)
+        if metadata.get("phase", 0) == self.phase:
+            if self._prepare is not None:
+                self._prepare(self.model)
+            elif self.model.optimizer is not None and not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(weights)
+        else:  # the checkpoint's optimizer belongs to an earlier phase
+            from keras.src.saving import saving_lib
+
+            saving_lib.load_weights_only(self.model, weights, objects_to_skip=_optimizers(self.model))
         self.model._initial_epoch = metadata["epoch"]
 
     def _save_model(self):
@@ -65,10 +91,32 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         tmp = temp_path(self.backup_dir, suffix=f"-{name}")  # Keras insists on the suffix
         self.model.save_weights(tmp, overwrite=True)
         os.replace(tmp, os.path.join(self.backup_dir, name))
-        write_json_atomic(self.metadata_path, {"epoch": epoch, "batch": 0, "weights": name})
+        write_json_atomic(self.metadata_path,
+                          {"epoch": epoch, "batch": 0, "weights": name, "phase": self.phase})
         for old in glob.glob(os.path.join(self.backup_dir, "*.weights.h5")):
             if os.path.basename(old) != name:
                 os.remove(old)
+
+
+def _specs_from_built_shapes(model):
+    """Input specs of a built subclassed model, from Keras' build config; None if unknown."""
+    import tensorflow as tf
+
+    shape = (model.get_build_config() or {}).get("input_shape") if model.built else None
+    if shape is None:
+        return None
+    is_nested = isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple))
+    shapes = shape if is_nested else [shape]
+    return [tf.TensorSpec([None, *s[1:]], "float32") for s in shapes]
+
+
+def _optimizers(model):
+    """Every optimizer a model holds (``optimizer`` and any other attribute)."""
+    found = []
+    for value in vars(model).values():
+        if isinstance(value, keras.optimizers.Optimizer) and all(value is not f for f in found):
+            found.append(value)
+    return found
 
 
 class TensorBoard(keras.callbacks.TensorBoard):
@@ -77,14 +125,28 @@ class TensorBoard(keras.callbacks.TensorBoard):
     Keras 3 (checked on 3.15) only writes the train-function graph when that
     function is itself a `tf.function`, which it no longer is, so the Graphs
     dashboard showed nothing but the conceptual Keras model. This writes the
-    graph of the model's forward pass instead, once, at the first batch.
+    graph of a forward pass instead, once, at the first batch: of
+    `graph_model` when given (e.g. the generator of a GAN, a functional
+    model inside a subclassed one), else of the model being fitted. A model
+    with no symbolic inputs (subclassed) is traced on the first batch's
+    input shapes.
     """
+
+    def __init__(self, *args, graph_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._graph_model = graph_model
 
     def _write_keras_model_train_graph(self):
         import tensorflow as tf
 
-        model = self.model
-        specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
+        model = self._graph_model if self._graph_model is not None else self.model
+        inputs = getattr(model, "inputs", None)
+        if inputs:
+            specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in inputs]
+        else:
+            specs = _specs_from_built_shapes(model)
+            if specs is None:
+                return  # nothing known to trace with; the scalars are written regardless
         forward = tf.function(lambda *x: model(x[0] if len(x) == 1 else list(x), training=False))
         with self._train_writer.as_default():
             tf.summary.graph(forward.get_concrete_function(*specs).graph)

@@ -78,15 +78,14 @@ def publish_weights(name, run_dir=None, seed=0):
         metrics={
             "dataset": metrics["dataset"],
             "split": "test",
-            "loss": round(metrics["loss"], 4),
-            "top1": round(metrics["top1"], 4),
-            "top5": round(metrics["top5"], 4),
+            **{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)},
             "command": command,
             "measured": datetime.date.today().isoformat(),
             "environment": metrics["environment"],
         },
     )
-    print(f"Published {fname} ({digest}); test top-1 {metrics['top1']:.4f}")
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    print(f"Published {fname} ({digest}); test {scores}")
     return fname
 
 

@@ -10,19 +10,21 @@ import difflib
 _BUILDERS = {}
 
 
-def register_builder(name, family=None, paper=None):
+def register_builder(name, family=None, paper=None, task=None):
     """Registers `fn` as the builder called `name` (decorator).
 
     Args:
         name: the key zoo entries use in their ``"builder"`` field.
         family: family name shown in model cards (defaults to `name`).
         paper: the source paper's file name under ``../shared/seeds``.
+        task: the `branchzoo.tasks` task its models train with (default
+            ``"classification"``; a recipe's ``"task"`` overrides it).
     """
 
     def decorator(fn):
         if name in _BUILDERS and _BUILDERS[name]["fn"] is not fn:
             raise ValueError(f"A builder named '{name}' is already registered.")
-        _BUILDERS[name] = {"fn": fn, "family": family or name, "paper": paper}
+        _BUILDERS[name] = {"fn": fn, "family": family or name, "paper": paper, "task": task}
         fn.builder_name = name
         return fn
 

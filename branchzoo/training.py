@@ -6,6 +6,7 @@ stays backend-agnostic.
 """
 
 import copy
+import dataclasses
 import datetime
 import json
 import math
@@ -14,7 +15,7 @@ import platform
 
 import numpy as np
 
-from branchzoo import zoo
+from branchzoo import tasks, zoo
 from branchzoo._io import write_json_atomic
 from branchzoo._validation import check_int
 from branchzoo.callbacks import AtomicBackupAndRestore, TensorBoard
@@ -23,7 +24,9 @@ STRATEGIES = ("auto", "mirrored", "default")
 
 # Run settings that a --resume must keep (the rest may change freely).
 _RESUME_KEYS = ("model", "dataset", "data_dir", "epochs", "batch_size", "lr", "seed",
-                "model_kwargs", "strategy", "cpu_devices", "steps_per_epoch")
+                "model_kwargs", "strategy", "cpu_devices", "steps_per_epoch", "augment",
+                "deterministic", "recipe", "task")
+JIT_COMPILE = ("auto", "on", "off")
 
 
 def parse_model_kwargs(items):
@@ -33,9 +36,14 @@ def parse_model_kwargs(items):
         if "=" not in item:
             raise ValueError(f"--model-kwargs expects key=value pairs. Received: {item!r}")
         key, value = item.split("=", 1)
+        if not key.isidentifier():
+            raise ValueError(f"--model-kwargs: {key!r} is not an argument name. Received: {item!r}")
         try:
             result[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as e:
+            if value.strip()[:1] in "[{\"" and value.strip():  # meant as JSON, but is not
+                raise ValueError(f"--model-kwargs {key}: {value!r} is not valid JSON ({e.msg}). "
+                                 f"Example: {key}=[8,16,32,64]") from None
             result[key] = value
     return result
 
@@ -103,44 +111,6 @@ def set_synchronized_batchnorm(model, synchronized):
             layer.synchronized = synchronized
 
 
-def make_optimizer(recipe, steps_per_epoch, lr):
-    """The recipe's optimizer with its step learning-rate schedule."""
-    import keras
-
-    boundaries = [int(e * steps_per_epoch) for e in recipe.get("lr_decay_epochs", [])]
-    if boundaries:
-        factor = recipe.get("lr_decay_factor", 0.1)
-        values = [lr * factor**i for i in range(len(boundaries) + 1)]
-        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    else:
-        schedule = lr
-    name = recipe.get("optimizer", "sgd")
-    if name == "sgd":
-        return keras.optimizers.SGD(
-            learning_rate=schedule,
-            momentum=recipe.get("momentum", 0.9),
-            nesterov=recipe.get("nesterov", False),
-            weight_decay=recipe.get("weight_decay"),
-        )
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=schedule, weight_decay=recipe.get("weight_decay"))
-    raise ValueError(f"Recipe optimizer must be 'sgd' or 'adam'. Received: optimizer={name!r}")
-
-
-def compile_classifier(model, optimizer=None):
-    """Compiles `model` (logits out) with cross-entropy and top-1/top-5 accuracy."""
-    import keras
-
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[
-            keras.metrics.SparseCategoricalAccuracy(name="top1"),
-            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
-        ],
-    )
-
-
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -169,6 +139,8 @@ def environment():
     }
 
 
+
+
 def resolve_run_config(
     model,
     dataset=None,
@@ -187,14 +159,22 @@ def resolve_run_config(
     deterministic=False,
     validate=True,
     steps_per_epoch=None,
+    jit_compile="auto",
+    analysis=None,
+    analysis_every=1,
 ):
-    """The full run config: the zoo entry's recipe with the given overrides."""
+    """The full run config: the zoo entry's recipe with the given overrides.
+
+    Checks every value (ValueError naming the argument) but touches no file.
+    """
     entry = zoo.get_entry(model)
     recipe = copy.deepcopy(entry["recipe"])
     name = entry["name"]
+    task = tasks.task_for(entry)
     dataset = dataset or _recipe_dataset(entry)
     output = output or os.path.join("runs", f"{name}-{dataset}")
-    epochs = check_int(epochs if epochs is not None else recipe["epochs"], "epochs", minimum=1)
+    planned = sum(p.get("epochs", 0) for p in recipe["phases"]) if recipe.get("phases") else recipe["epochs"]
+    epochs = check_int(epochs if epochs is not None else planned, "epochs", minimum=1)
     batch_size = check_int(batch_size if batch_size is not None else recipe["batch_size"],
                            "batch_size", minimum=1)
     if steps_per_epoch is not None:
@@ -203,11 +183,19 @@ def resolve_run_config(
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"`lr` must be a positive finite number. Received: lr={lr!r}")
     _check_strategy(strategy)
+    if jit_compile not in JIT_COMPILE:
+        raise ValueError(f"`jit_compile` must be one of {JIT_COMPILE}. Received: jit_compile={jit_compile!r}")
+    if analysis:
+        from branchzoo.analysis.registry import parse_analysis_names
+
+        analysis = parse_analysis_names(analysis)
     return {
         "model": name,
+        "task": task.name,
         "dataset": dataset,
         "data_dir": data_dir,
         "epochs": epochs,
+        "phases": tasks.resolve_phases(recipe, epochs, lr=lr if lr != float(recipe["lr"]) else None),
         "batch_size": batch_size,
         "lr": lr,
         "seed": check_int(seed, "seed", minimum=0),
@@ -218,6 +206,9 @@ def resolve_run_config(
         "deterministic": bool(deterministic),
         "validate": bool(validate),
         "steps_per_epoch": steps_per_epoch,
+        "jit_compile": jit_compile,
+        "analysis": analysis or None,
+        "analysis_every": check_int(analysis_every, "analysis_every", minimum=1),
         "output": output,
         "logdir": logdir or os.path.join(output, "logs"),
         "export": export,
@@ -230,135 +221,244 @@ def _recipe_dataset(entry):
     return entry["recipe"].get("dataset") or entry["dataset"]
 
 
-def _check_resume(run, output):
-    """On --resume, the stored run config wins; conflicting settings are an error."""
-    path = os.path.join(output, "config.json")
-    if not os.path.exists(path):
-        return run
-    with open(path) as f:
-        stored = json.load(f)
-    conflicts = {
-        k: (stored.get(k), run[k])
-        for k in _RESUME_KEYS
-        if k in stored and _jsonable(run[k]) != stored[k]
-    }
-    if conflicts:
-        details = "; ".join(f"{k}: stored {a!r}, given {b!r}" for k, (a, b) in conflicts.items())
+def _check_resume(run, output, resume):
+    """Checks the state of `output` against `resume`; returns the backup's metadata or None.
+
+    An interrupted run is never silently overwritten, ``--resume`` with
+    nothing to resume is an error, and a resumed run keeps its settings.
+    """
+    backup = AtomicBackupAndRestore(os.path.join(output, "backup"))
+    metadata = backup.read_metadata()
+    if metadata is None:
+        if resume:
+            done = os.path.exists(os.path.join(output, "metrics.json"))
+            raise ValueError(
+                f"--resume: there is nothing to resume in {output}: "
+                + ("that run already finished (its metrics.json is there)." if done else
+                   "it holds no backup of an interrupted run.")
+                + " Drop --resume to start a new run, or choose another --output."
+            )
+        return None
+    if not resume:
         raise ValueError(
-            f"--resume must continue the run in {output} with its settings, but these "
-            f"differ: {details}. Rerun with the stored settings or use another --output."
+            f"{output} holds an interrupted run (its backup is in {backup.backup_dir}). "
+            "Pass --resume to continue it, or choose another --output."
         )
-    return run
+    path = os.path.join(output, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        conflicts = {
+            k: (stored.get(k), run[k])
+            for k in _RESUME_KEYS
+            if k in stored and _jsonable(run[k]) != stored[k]
+        }
+        if conflicts:
+            details = "; ".join(f"{k}: stored {a!r}, given {b!r}" for k, (a, b) in conflicts.items())
+            raise ValueError(
+                f"--resume must continue the run in {output} with its settings, but these "
+                f"differ: {details}. Rerun with the stored settings or use another --output."
+            )
+    return metadata
 
 
-def train(run, resume=False, verbose="auto"):
+@dataclasses.dataclass
+class Prepared:
+    """Everything a run needs, made before any file is written."""
+
+    run: dict
+    task: object
+    strategy: object
+    info: object
+    model: object
+    initial_epoch: int
+    steps_per_epoch: int
+
+
+def prepare(run, resume=False):
+    """Checks the output folder, opens the data and builds the model; writes nothing.
+
+    Every user error (a bad builder argument, missing data, nothing to
+    resume) is raised here as ValueError / FileNotFoundError, before
+    anything touches ``run["output"]``.
+    """
+    import keras
+    import tensorflow as tf
+
+    from branchzoo import data
+
+    run = dict(run)
+    metadata = _check_resume(run, run["output"], resume)
+    keras.utils.set_random_seed(run["seed"])
+    if run["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+
+    task = tasks.get_task(run["task"])
+    info = data.dataset_info(run["dataset"], data_dir=run["data_dir"])
+    builder_kwargs = {**task.builder_kwargs(run, info), **run["model_kwargs"]}
+    run["resolved_model_config"] = zoo.resolved_config(run["model"], **builder_kwargs)
+    run["environment"] = environment()
+    strategy = make_strategy(run["strategy"])
+    with strategy.scope():
+        model = build_checked(run["model"], lambda: task.build(run, builder_kwargs), run["model_kwargs"])
+        if strategy.num_replicas_in_sync > 1:
+            set_synchronized_batchnorm(model, True)
+    steps = int(np.ceil(info.num_examples["train"] / run["batch_size"]))
+    if run["steps_per_epoch"]:
+        steps = min(steps, run["steps_per_epoch"])
+    return Prepared(run=run, task=task, strategy=strategy, info=info, model=model,
+                    initial_epoch=(metadata or {"epoch": 0})["epoch"], steps_per_epoch=steps)
+
+
+def build_checked(name, build, model_kwargs):
+    """Runs `build`; a builder's complaint about the arguments becomes a ValueError naming them."""
+    zoo.check_builder_arguments(name, model_kwargs)
+    try:
+        return build()
+    except (TypeError, ValueError) as e:
+        given = ", ".join(f"{k}={v!r}" for k, v in model_kwargs.items()) or "the entry's config"
+        raise ValueError(f"Building model '{name}' with {given} failed: {e}") from None
+
+
+def train(run, resume=False, verbose="auto", callbacks=()):
     """Trains as `run` (from `resolve_run_config`) says; returns the final metrics.
 
-    Writes to ``run["output"]``: ``config.json`` (the resolved run config),
+    Runs the recipe's phases one after the other, each compiled by the task
+    with its own optimizer, trainable set and learning-rate schedule. Writes
+    to ``run["output"]``: ``config.json`` (the resolved run config),
     ``model.keras`` and ``metrics.json`` when training finishes, and
-    ``backup/`` while it runs (each finished epoch, atomically; a rerun with
-    ``resume=True`` continues from it). TensorBoard logs go to
-    ``run["logdir"]``; with ``run["export"]`` a SavedModel is written and
+    ``backup/`` while it runs (each finished epoch and its phase,
+    atomically; a rerun with ``resume=True`` continues from it, in the
+    phase it was in). TensorBoard logs go to ``run["logdir"]``; with
+    ``run["export"]`` the task's export model is written as a SavedModel and
     checked against the Keras model.
 
     Args:
         run: the run config.
         resume: continue the interrupted run in ``run["output"]``.
         verbose: Keras progress-bar setting.
+        callbacks: extra Keras callbacks for every phase.
     """
-    import keras
-    import tensorflow as tf
+    return run_prepared(prepare(run, resume=resume), verbose=verbose, callbacks=callbacks)
 
-    from branchzoo import data
+
+def run_prepared(p, verbose="auto", callbacks=()):
+    """Trains what `prepare` made ready (see `train`); returns the final metrics."""
+    os.makedirs(p.run["output"], exist_ok=True)  # only once the model and data are known good
+    write_json_atomic(os.path.join(p.run["output"], "config.json"), _jsonable(p.run))
+    history = _fit_phases(p, verbose, list(callbacks))
+    return _finish(p, history)
+
+
+def _fit_phases(p, verbose, extra_callbacks):
+    """Fits every phase not yet finished; returns the merged history."""
+    run, model, task = p.run, p.model, p.task
+    backup = AtomicBackupAndRestore(os.path.join(run["output"], "backup"), delete_checkpoint=False,
+                                    prepare=task.build_optimizer_state)
+    validation = task.test_data(run, steps=run["steps_per_epoch"]) if run["validate"] else None
+    history = {"epoch": [], "phase": []}
+    first_fit = True
+    for phase in run["phases"]:
+        if phase["end"] <= p.initial_epoch:
+            continue
+        start = max(phase["start"], p.initial_epoch)
+        tasks.apply_phase(model, run["phases"], phase["index"])
+        with p.strategy.scope():
+            task.compile(model, run, phase, p.steps_per_epoch)
+        backup.phase = phase["index"]
+        callbacks = [backup, TensorBoard(run["logdir"], write_graph=first_fit, update_freq="epoch",
+                                         graph_model=task.export_model(model))]
+        callbacks += task.callbacks(run, model) + _analysis_callbacks(p) + extra_callbacks
+        model._initial_epoch = None  # a previous phase's resume must not leak into this one
+        fitted = model.fit(
+            task.train_data(run, start, phase["end"] - start),
+            epochs=phase["end"], initial_epoch=start, steps_per_epoch=p.steps_per_epoch,
+            validation_data=validation, callbacks=callbacks, verbose=verbose,
+        )
+        first_fit = False
+        for key, values in fitted.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        history["epoch"].extend(e + 1 for e in fitted.epoch)
+        history["phase"].extend(phase["name"] for _ in fitted.epoch)
+    backup.delete()
+    return history
+
+
+def _analysis_callbacks(p):
+    run = p.run
+    if not run.get("analysis"):
+        return []
+    from branchzoo.callbacks import AnalysisCallback
+
+    return [AnalysisCallback(run["analysis"], analysis_data(p.task, run, p.info),
+                             every=run["analysis_every"], logdir=run["logdir"])]
+
+
+def analysis_data(task, run, info, max_batches=None):
+    """What analyses read: the test split and an unaugmented train split, once each."""
+    from branchzoo.analysis.registry import AnalysisData
+
+    plain = dict(run, augment=False, steps_per_epoch=max_batches or run.get("steps_per_epoch"))
+    return AnalysisData(
+        train=task.train_data(plain, 0, 1) if info.num_examples.get("train") else None,
+        test=task.test_data(run, steps=max_batches),
+        num_classes=info.num_classes,
+        class_names=list(getattr(info, "class_names", None) or []) or None,
+        seed=run.get("seed", 0),
+    )
+
+
+def _finish(p, history):
+    """Evaluates on the whole test split, saves, exports; writes and returns metrics.json."""
     from branchzoo.export import export_saved_model, save_keras_atomic
 
-    output = run["output"]
-    backup_dir = os.path.join(output, "backup")
-    if os.path.exists(os.path.join(backup_dir, "training_metadata.json")):
-        if not resume:
-            raise RuntimeError(
-                f"{output} holds an interrupted run (its backup is in {backup_dir}). "
-                "Pass --resume to continue it, or choose another --output."
-            )
-        run = _check_resume(run, output)
-
-    keras.utils.set_random_seed(run["seed"])
-    if run["deterministic"]:
-        tf.config.experimental.enable_op_determinism()
-
-    info = data.dataset_info(run["dataset"], data_dir=run["data_dir"])
-    model_kwargs = {"input_shape": list(info.image_shape), "num_classes": info.num_classes}
-    model_kwargs.update(run["model_kwargs"])
-    run["resolved_model_config"] = zoo.resolved_config(run["model"], **model_kwargs)
-    run["environment"] = environment()
-    os.makedirs(output, exist_ok=True)  # only once the model and data are known to be there
-    write_json_atomic(os.path.join(output, "config.json"), _jsonable(run))
-
-    strategy = make_strategy(run["strategy"])
-    replicas = strategy.num_replicas_in_sync
-    backup = AtomicBackupAndRestore(backup_dir)
-    initial_epoch = (backup.read_metadata() or {"epoch": 0})["epoch"]
-    # The remaining epochs as one stream, each epoch a function of (seed, epoch):
-    # a resumed run sees exactly the batches the interrupted one would have.
-    train_ds = data.load_dataset(
-        run["dataset"], "train", run["batch_size"], augment=run["augment"],
-        data_dir=run["data_dir"], seed=run["seed"],
-        epochs=max(run["epochs"] - initial_epoch, 1), initial_epoch=initial_epoch,
-        steps_per_epoch=run["steps_per_epoch"],
-    )
-    test_ds = data.load_dataset(run["dataset"], "test", run["batch_size"], data_dir=run["data_dir"],
-                                steps_per_epoch=run["steps_per_epoch"])
-    steps_per_epoch = int(np.ceil(info.num_examples["train"] / run["batch_size"]))
-    if run["steps_per_epoch"]:
-        steps_per_epoch = min(steps_per_epoch, run["steps_per_epoch"])
-
-    with strategy.scope():
-        model = zoo.build(run["model"], **model_kwargs)
-        if replicas > 1:
-            set_synchronized_batchnorm(model, True)
-        optimizer = make_optimizer(run["recipe"], steps_per_epoch, run["lr"])
-        compile_classifier(model, optimizer)
-
-    callbacks = [backup, TensorBoard(run["logdir"], write_graph=True, update_freq="epoch")]
-    history = model.fit(
-        train_ds,
-        epochs=run["epochs"],
-        steps_per_epoch=steps_per_epoch,
-        validation_data=test_ds if run["validate"] else None,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
-
+    run, model, task = p.run, p.model, p.task
+    replicas = p.strategy.num_replicas_in_sync
     if replicas > 1:
         set_synchronized_batchnorm(model, False)
+    test_ds = task.test_data(run)
     results = model.evaluate(test_ds, return_dict=True, verbose=0)
+    epochs_here = history["epoch"]
     metrics = {
         "dataset": run["dataset"],
         "split": "test",
-        "loss": float(results["loss"]),
-        "top1": float(results["top1"]),
-        "top5": float(results["top5"]),
+        **task.summarize(results),
         "epochs": run["epochs"],
-        "optimizer_iterations": int(model.optimizer.iterations.numpy()),
-        "history": _jsonable({k: [float(v) for v in vs] for k, vs in history.history.items()}),
-        "epochs_run_in_this_process": len(history.epoch),
-        "first_epoch_in_this_process": (history.epoch[0] + 1) if history.epoch else None,
+        "phases": [{"name": ph["name"], "epochs": ph["epochs"]} for ph in run["phases"]],
+        "optimizer_iterations": int(model.optimizer.iterations.numpy()) if model.optimizer else None,
+        "history": _jsonable(history),
+        "epochs_run_in_this_process": len(epochs_here),
+        "first_epoch_in_this_process": epochs_here[0] if epochs_here else None,
         "replicas": replicas,
-        "parameters": zoo.count_parameters(model),
+        "parameters": zoo.count_parameters(task.export_model(model)),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    save_keras_atomic(model, os.path.join(output, "model.keras"))
+    save_keras_atomic(model, os.path.join(run["output"], "model.keras"))
     if run["export"]:
-        batch = next(iter(test_ds))[0].numpy()[:8]
+        batch = task.example_inputs(next(iter(test_ds)))
         metrics["export"] = run["export"]
-        metrics["export_max_abs_diff"] = export_saved_model(model, run["export"], verify_batch=batch)
-    write_json_atomic(os.path.join(output, "metrics.json"), metrics)
+        metrics["export_max_abs_diff"] = export_saved_model(
+            task.export_model(model), run["export"], verify_batch=_first(batch, 8))
+    write_json_atomic(os.path.join(run["output"], "metrics.json"), _jsonable(metrics))
     return metrics
 
 
+def _first(batch, n):
+    """The first `n` examples of a (nested) batch, as numpy."""
+    import tensorflow as tf
+
+    return tf.nest.map_structure(lambda t: np.asarray(t)[:n], batch)
+
+
 def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_dir=None,
-             batch_size=128, output=None, verbose="auto"):
+             batch_size=128, output=None, verbose="auto", analysis=None, report=None,
+             analysis_batches=None):
     """Evaluates a zoo model or a ``.keras`` checkpoint; returns and writes metrics.
+
+    The metrics are those of the model's task (top-1 / top-5 for
+    classifiers; what the recipe's ``"metrics"`` name otherwise). With
+    `analysis`, the named analyses (`branchzoo.analysis.registry`) run on the
+    same model and `report` receives their PNGs and ``report.json``.
 
     Args:
         model: a zoo name (weights as in `branchzoo.load`), or None with
@@ -367,12 +467,17 @@ def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_
         weights: for `model`: ``"default"`` or a weights file path.
         dataset: dataset name (default: the zoo entry's, or the one the
             checkpoint's run used).
-        data_dir: local data, as for `branchzoo.data.load_dataset`.
+        data_dir: local data (default: the checkpoint run's, or
+            ``$BRANCHZOO_DATA_DIR``).
         batch_size: evaluation batch size.
         output: JSON file to write (default ``eval-<name>-<dataset>.json``).
+        analysis: analysis names (a list or ``"a,b"``), or None.
+        report: folder for the analysis report (default
+            ``report-<name>-<dataset>``).
+        analysis_batches: at most this many batches per split for analyses.
 
     Returns:
-        dict with loss, top1, top5 and what was evaluated.
+        dict with the task's metrics and what was evaluated.
     """
     import keras
 
@@ -384,42 +489,73 @@ def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_
             "Give exactly one of `model` (a zoo name) or `checkpoint` (a .keras file). "
             f"Received: model={model!r}, checkpoint={checkpoint!r}"
         )
+    if analysis:
+        from branchzoo.analysis.registry import parse_analysis_names
+
+        analysis = parse_analysis_names(analysis)
     if checkpoint is not None:
         if not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"`checkpoint` must be an existing .keras file. Received: {checkpoint!r}")
-        net = keras.models.load_model(checkpoint, compile=False)
-        stored = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.json")
-        if dataset is None and os.path.exists(stored):
-            with open(stored) as f:
-                dataset = json.load(f)["dataset"]
+        stored = _stored_config(checkpoint)
+        if dataset is None and stored is None:
+            raise ValueError(
+                f"`dataset` is needed: the checkpoint {checkpoint!r} has no config.json beside it "
+                "(train.py writes one). Pass --dataset."
+            )
+        stored = stored or {}
+        dataset = dataset or stored["dataset"]
+        data_dir = data_dir or stored.get("data_dir")
+        entry = _entry_or_none(stored.get("model"))
+        recipe = stored.get("recipe") or (entry or {}).get("recipe") or {}
+        task = tasks.get_task(stored.get("task") or (tasks.task_for(entry).name if entry else "classification"))
+        try:
+            net = keras.models.load_model(checkpoint, compile=False)
+        except Exception as e:  # a truncated or foreign file: say which
+            raise ValueError(f"`checkpoint` {checkpoint!r} could not be loaded as a Keras model: {e}") from None
         label = os.path.splitext(os.path.basename(checkpoint))[0]
         source = {"checkpoint": os.path.abspath(checkpoint)}
     else:
         entry = zoo.get_entry(model)
         dataset = dataset or _recipe_dataset(entry)
+        recipe, task = entry["recipe"], tasks.task_for(entry)
         info = data.dataset_info(dataset, data_dir=data_dir)
-        net = zoo.load(model, weights=weights, input_shape=list(info.image_shape),
-                       num_classes=info.num_classes)
+        kwargs = task.builder_kwargs({"dataset": dataset}, info)
+        net = zoo.load(model, weights=weights, **kwargs)
         label = entry["name"]
         source = {"model": entry["name"], "weights": weights if weights != "default" else
                   (entry.get("weights") or {}).get("file")}
-    if dataset is None:
-        raise ValueError("`dataset` is needed: the checkpoint has no config.json beside it.")
-    compile_classifier(net)
-    test_ds = data.load_dataset(dataset, "test", batch_size, data_dir=data_dir)
-    results = net.evaluate(test_ds, return_dict=True, verbose=verbose)
-    metrics = {
-        **source,
-        "dataset": dataset,
-        "split": "test",
-        "loss": float(results["loss"]),
-        "top1": float(results["top1"]),
-        "top5": float(results["top5"]),
-        "environment": environment(),
-    }
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    run = {"dataset": dataset, "data_dir": data_dir, "batch_size": batch_size, "seed": 0,
+           "augment": False, "steps_per_epoch": None}
+    info = data.dataset_info(dataset, data_dir=data_dir)
+    task.compile_for_evaluation(net, recipe)
+    results = net.evaluate(task.test_data(run), return_dict=True, verbose=verbose)
+    metrics = {**source, "dataset": dataset, "split": "test", **task.summarize(results),
+               "environment": environment()}
     output = output or f"eval-{label}-{dataset}.json"
+    if analysis:
+        from branchzoo.analysis.registry import run_analyses, write_report
+
+        report = report or f"report-{label}-{dataset}"
+        results = run_analyses(analysis, net, analysis_data(task, run, info, analysis_batches))
+        metrics["report"] = report
+        metrics["report_files"] = write_report(report, results, extra={"evaluated": dict(source, dataset=dataset)})
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     write_json_atomic(output, metrics)
     metrics["output"] = output
     return metrics
 
+
+def _stored_config(checkpoint):
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _entry_or_none(name):
+    try:
+        return zoo.get_entry(name) if name else None
+    except ValueError:
+        return None

@@ -1,0 +1,357 @@
+"""Tasks: how a zoo recipe trains, evaluates and exports one kind of model.
+
+`branchzoo.training` runs whatever a recipe describes; a task supplies the
+parts that differ between kinds of model: the builder arguments taken from
+the dataset, the data streams, how to compile (loss, metrics, one or several
+optimizers), extra callbacks, how evaluation results become metrics and
+which (sub-)model is saved for serving. The plain classifier is one task;
+families that need more (a loss on [batch, modules, classes], a GAN's own
+``train_step``) name their task in the recipe (``"task": ...``) or register
+it with their builder (`register_builder(..., task=...)`), never a special
+case in training.py or the CLIs.
+
+The recipe itself (a zoo entry's ``"recipe"``) may hold:
+
+- ``"loss"`` / ``"metrics"``: Keras-serialised objects (``"loss"`` a dict
+  from `keras.saving.serialize_keras_object` or a Keras loss name;
+  ``"metrics"`` a list of those); default: cross-entropy on logits with
+  top-1 / top-5 accuracy;
+- ``"phases"``: training phases run one after the other, each
+  ``{"name", "epochs", ...optimizer settings..., "layer_attrs": {pattern:
+  {attribute: value}}, "trainable": {pattern: bool}}``; see `resolve_phases`.
+
+    >>> from branchzoo.tasks import get_task
+    >>> get_task("classification").name
+    'classification'
+"""
+
+import copy
+import difflib
+import fnmatch
+
+_TASKS = {}
+
+# Optimizer settings a recipe (or one of its phases) may give.
+OPTIMIZER_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay",
+                  "lr_decay_epochs", "lr_decay_factor")
+
+
+def register_task(cls):
+    """Registers a `Task` subclass under its ``name`` (class decorator)."""
+    if not cls.name:
+        raise ValueError(f"Task class {cls.__name__} needs a `name`.")
+    if cls.name in _TASKS and _TASKS[cls.name] is not cls:
+        raise ValueError(f"A task named '{cls.name}' is already registered.")
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def get_task(name):
+    """An instance of the task registered as `name`."""
+    _import_families()
+    try:
+        return _TASKS[name]()
+    except KeyError:
+        close = difflib.get_close_matches(str(name), list(_TASKS), n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"Unknown task {name!r}. Registered tasks: {sorted(_TASKS)}.{hint}"
+        ) from None
+
+
+def task_names():
+    _import_families()
+    return sorted(_TASKS)
+
+
+def task_for(entry):
+    """The task a zoo entry trains with: its recipe's ``"task"``, else its builder's."""
+    from branchzoo import registry
+
+    name = entry["recipe"].get("task") or registry.get_builder(entry["builder"]).get("task")
+    return get_task(name or "classification")
+
+
+def _import_families():
+    import branchzoo.models  # noqa: F401  (families register their tasks on import)
+
+
+# -- phases -------------------------------------------------------------------
+
+
+def resolve_phases(recipe, epochs=None, lr=None):
+    """The recipe's training phases with their epoch ranges and optimizer settings.
+
+    A recipe without ``"phases"`` has one phase, ``"train"``, of
+    ``recipe["epochs"]`` epochs. `epochs` (``--epochs``) scales every phase
+    in proportion (largest remainders, each phase at least one epoch), and
+    each phase's ``lr_decay_epochs`` with it; `lr` (``--lr``) scales every
+    phase's learning rate by ``lr / recipe["lr"]``.
+
+    Returns:
+        A list of dicts ``{"name", "index", "start", "end", "epochs",
+        "optimizer": {...}, "layer_attrs", "trainable"}``; epochs are global
+        (phase 2 of 3 + 2 epochs runs epochs 3 and 4: start=3, end=5).
+    """
+    from branchzoo._validation import check_int
+
+    base = {k: recipe[k] for k in OPTIMIZER_KEYS if k in recipe}
+    raw = recipe.get("phases") or [{"name": "train", "epochs": recipe["epochs"]}]
+    if not isinstance(raw, list):
+        raise ValueError(f"Recipe `phases` must be a list of phases. Received: phases={raw!r}")
+    names = set()
+    for p in raw:
+        unknown = set(p) - {"name", "epochs", "layer_attrs", "trainable", *OPTIMIZER_KEYS}
+        if unknown or "name" not in p or "epochs" not in p:
+            raise ValueError(
+                "Each recipe phase needs `name` and `epochs` and may set "
+                f"{list(OPTIMIZER_KEYS)}, `layer_attrs`, `trainable`. Received: {p!r}"
+            )
+        if p["name"] in names:
+            raise ValueError(f"Recipe phase names must be unique. Received two named {p['name']!r}.")
+        names.add(p["name"])
+        check_int(p["epochs"], f"phases[{p['name']}].epochs", minimum=1)
+    planned = [p["epochs"] for p in raw]
+    counts = _apportion(planned, epochs) if epochs is not None else planned
+    recipe_lr = float(recipe.get("lr", 1.0))
+    phases, start = [], 0
+    for i, (p, n) in enumerate(zip(raw, counts)):
+        settings = {**base, **{k: p[k] for k in OPTIMIZER_KEYS if k in p}}
+        if lr is not None and "lr" in settings:
+            settings["lr"] = float(settings["lr"]) * float(lr) / recipe_lr
+        if settings.get("lr_decay_epochs"):
+            settings["lr_decay_epochs"] = [d * n / p["epochs"] for d in settings["lr_decay_epochs"]]
+        phases.append({
+            "name": p["name"], "index": i, "start": start, "end": start + n, "epochs": n,
+            "optimizer": settings,
+            "layer_attrs": copy.deepcopy(p.get("layer_attrs", {})),
+            "trainable": copy.deepcopy(p.get("trainable", {})),
+        })
+        start += n
+    return phases
+
+
+def _apportion(planned, total):
+    """Splits `total` epochs over phases in proportion to `planned` (each >= 1)."""
+    if total < len(planned):
+        raise ValueError(
+            f"`epochs` must be at least the number of training phases ({len(planned)}) "
+            f"of this recipe. Received: epochs={total}"
+        )
+    whole = sum(planned)
+    exact = [total * p / whole for p in planned]
+    counts = [max(1, int(e)) for e in exact]
+    by_remainder = sorted(range(len(planned)), key=lambda i: exact[i] - int(exact[i]), reverse=True)
+    i = 0
+    while sum(counts) < total:
+        counts[by_remainder[i % len(planned)]] += 1
+        i += 1
+    while sum(counts) > total:  # the minimum of one epoch overshot: take from the largest
+        j = max(range(len(counts)), key=lambda k: counts[k])
+        counts[j] -= 1
+    return counts
+
+
+def apply_phase(model, phases, index):
+    """Sets the layer attributes and trainable flags of phases 0..`index` on `model`.
+
+    Cumulative, so a run resumed in phase 3 has what phases 1 and 2 set.
+    A pattern that matches no layer, or an attribute a matched layer does not
+    have, is an error: a recipe typo must not silently train the wrong thing.
+    """
+    layers = [l for l in model._flatten_layers(include_self=False, recursive=True)]
+    for phase in phases[: index + 1]:
+        for pattern, attrs in phase["layer_attrs"].items():
+            matched = _match(layers, pattern, phase, "layer_attrs", model)
+            for layer in matched:
+                for attr, value in attrs.items():
+                    if not hasattr(layer, attr):
+                        raise ValueError(
+                            f"Recipe phase {phase['name']!r}: layer {layer.name!r} (matched by "
+                            f"{pattern!r}) has no attribute {attr!r} to set."
+                        )
+                    setattr(layer, attr, value)
+        for pattern, flag in phase["trainable"].items():
+            for layer in _match(layers, pattern, phase, "trainable", model):
+                layer.trainable = bool(flag)
+
+
+def _match(layers, pattern, phase, key, model):
+    matched = [l for l in layers if fnmatch.fnmatch(l.name, pattern)]
+    if not matched:
+        raise ValueError(
+            f"Recipe phase {phase['name']!r}: the {key} pattern {pattern!r} matches no layer "
+            f"of model {model.name!r}."
+        )
+    return matched
+
+
+# -- optimizers, losses, metrics from recipe data -------------------------------
+
+
+def make_optimizer(settings, steps_per_epoch):
+    """An optimizer from recipe settings (`OPTIMIZER_KEYS`) with its step schedule.
+
+    ``lr_decay_epochs`` (epochs from the start of the phase) become a
+    piecewise-constant schedule, each boundary multiplying the rate by
+    ``lr_decay_factor`` (default 0.1).
+    """
+    import keras
+
+    lr = float(settings["lr"])
+    boundaries = [int(round(e * steps_per_epoch)) for e in settings.get("lr_decay_epochs") or []]
+    if boundaries:
+        factor = settings.get("lr_decay_factor", 0.1)
+        values = [lr * factor**i for i in range(len(boundaries) + 1)]
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    else:
+        schedule = lr
+    name = settings.get("optimizer", "sgd")
+    if name == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate=schedule,
+            momentum=settings.get("momentum", 0.9),
+            nesterov=settings.get("nesterov", False),
+            weight_decay=settings.get("weight_decay"),
+        )
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=schedule, weight_decay=settings.get("weight_decay"))
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=schedule,
+                                      weight_decay=settings.get("weight_decay") or 0.004)
+    raise ValueError(f"Recipe `optimizer` must be 'sgd', 'adam' or 'adamw'. Received: optimizer={name!r}")
+
+
+def jit_compile_arg(run):
+    """`compile`'s ``jit_compile`` for the run's ``--jit-compile`` (auto: Keras' choice)."""
+    return {"on": True, "off": False}.get(run.get("jit_compile") or "auto", "auto")
+
+
+def deserialize(obj, what):
+    """A Keras object (loss, metric) from recipe data: a name or a serialised dict."""
+    import keras
+
+    import branchzoo  # noqa: F401  (registers branchzoo's serialisable objects)
+
+    try:
+        if what == "loss":
+            return keras.losses.get(obj)
+        return keras.metrics.get(obj)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"Recipe `{what}` {obj!r} is not a Keras {what} that can be built: {e}") from None
+
+
+# -- tasks ----------------------------------------------------------------------
+
+
+class Task:
+    """The parts of a training run that depend on the kind of model.
+
+    Subclass, set `name`, override what differs and decorate with
+    `register_task`. Every method gets the resolved run config (`run`,
+    from `branchzoo.training.resolve_run_config`).
+    """
+
+    name = None
+
+    def builder_kwargs(self, run, info):
+        """Builder arguments taken from the dataset (`DatasetInfo`)."""
+        return {}
+
+    def build(self, run, builder_kwargs):
+        """The model, built inside the strategy's scope."""
+        from branchzoo import zoo
+
+        return zoo.build(run["model"], **builder_kwargs)
+
+    def train_data(self, run, initial_epoch, epochs):
+        """The training stream of `epochs` epochs starting at `initial_epoch`."""
+        raise NotImplementedError
+
+    def test_data(self, run, steps=None):
+        """The test split, once (at most `steps` batches)."""
+        raise NotImplementedError
+
+    def compile(self, model, run, phase, steps_per_epoch):
+        """Compiles `model` for `phase` (a dict of `resolve_phases`)."""
+        raise NotImplementedError
+
+    def compile_for_evaluation(self, model, recipe):
+        """Compiles a loaded model so that `evaluate` returns the task's metrics."""
+        raise NotImplementedError
+
+    def build_optimizer_state(self, model):
+        """Creates every optimizer variable before a backup is loaded into them."""
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+
+    def callbacks(self, run, model):
+        """Extra callbacks for `fit`."""
+        return []
+
+    def summarize(self, results):
+        """Evaluation results (``evaluate(return_dict=True)``) as metrics: every key, as floats."""
+        return {k: float(v) for k, v in results.items()}
+
+    def export_model(self, model):
+        """The model written as ``model.keras`` and exported as a SavedModel."""
+        return model
+
+    def example_inputs(self, batch):
+        """The model inputs of one batch of `test_data` (to check an export with)."""
+        return batch[0]
+
+
+@register_task
+class ClassificationTask(Task):
+    """Images to logits with integer labels: the default task.
+
+    The recipe's ``"loss"`` and ``"metrics"`` replace the default
+    cross-entropy and top-1 / top-5 accuracy, so a model whose output is
+    [batch, modules, classes] trains with, e.g., `branchzoo.losses.ModularLoss`.
+    """
+
+    name = "classification"
+
+    def builder_kwargs(self, run, info):
+        return {"input_shape": list(info.image_shape), "num_classes": info.num_classes}
+
+    def train_data(self, run, initial_epoch, epochs):
+        from branchzoo import data
+
+        return data.load_dataset(
+            run["dataset"], "train", run["batch_size"], augment=run["augment"],
+            data_dir=run["data_dir"], seed=run["seed"], epochs=epochs,
+            initial_epoch=initial_epoch, steps_per_epoch=run["steps_per_epoch"],
+        )
+
+    def test_data(self, run, steps=None):
+        from branchzoo import data
+
+        return data.load_dataset(run["dataset"], "test", run["batch_size"],
+                                 data_dir=run["data_dir"], steps_per_epoch=steps)
+
+    def _loss_and_metrics(self, recipe):
+        import keras
+
+        if "loss" in recipe:
+            loss = deserialize(recipe["loss"], "loss")
+        else:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if "metrics" in recipe:
+            metrics = [deserialize(m, "metric") for m in recipe["metrics"]]
+        else:
+            metrics = [
+                keras.metrics.SparseCategoricalAccuracy(name="top1"),
+                keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
+            ]
+        return loss, metrics
+
+    def compile(self, model, run, phase, steps_per_epoch):
+        loss, metrics = self._loss_and_metrics(run["recipe"])
+        model.compile(optimizer=make_optimizer(phase["optimizer"], steps_per_epoch),
+                      loss=loss, metrics=metrics, jit_compile=jit_compile_arg(run))
+
+    def compile_for_evaluation(self, model, recipe):
+        loss, metrics = self._loss_and_metrics(recipe)
+        model.compile(loss=loss, metrics=metrics)
