@@ -2,10 +2,12 @@
 """Train a branchzoo model: recipe defaults from its zoo entry, overrides here.
 
     python train.py --model mpnet --dataset digits --epochs 2 --export runs/mpnet_savedmodel
+    python train.py --list 'mpnet*'
 
 Writes to --output (default runs/<model>-<dataset>): config.json (the resolved
 run config), model.keras, metrics.json; TensorBoard logs to --logdir (default
-<output>/logs). Interrupted? Rerun the same command with --resume.
+<output>/logs). The recipe says what training is (loss, phases, task); this
+script only overrides it. Interrupted? Rerun the same command with --resume.
 """
 
 import argparse
@@ -16,20 +18,28 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Keys of metrics.json that are bookkeeping, not results: not printed.
+_NOT_PRINTED = ("history", "parameters", "finished", "phases", "export", "export_max_abs_diff",
+                "epochs_run_in_this_process", "first_epoch_in_this_process")
+
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="zoo model name or alias (see --list)")
-    p.add_argument("--dataset", help="digits, mnist, fashion_mnist, cifar10, cifar100, image_folder (default: the recipe's)")
+    p = argparse.ArgumentParser(prog=os.path.basename(__file__), description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="zoo model name or alias (see --list)")
+    p.add_argument("--list", nargs="?", const="*", metavar="PATTERN",
+                   help="print the registered model names (fnmatch PATTERN) and exit")
+    p.add_argument("--dataset", help="digits, mnist, fashion_mnist, cifar10, cifar100, image_folder, ... (default: the recipe's)")
     p.add_argument("--data-dir", help="local data: folder, image-folder layout, official archive or .tar.gz (default: $BRANCHZOO_DATA_DIR)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="total epochs; a recipe's phases and LR steps scale with it")
     p.add_argument("--batch-size", type=int, help="global batch size (split over replicas)")
-    p.add_argument("--lr", type=float, help="base learning rate (the recipe's step schedule scales it)")
+    p.add_argument("--lr", type=float, help="base learning rate (scales every phase's rate and step schedule)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE",
-                   help='builder overrides, e.g. widths="[8,16,32,64]"')
+                   help='builder overrides, values as JSON, e.g. widths="[8,16,32,64]"')
     p.add_argument("--steps-per-epoch", type=int,
-                   help="only this many batches per epoch (and of the test split): short runs")
+                   help="only this many batches per training epoch and per-epoch validation "
+                        "(short runs); the final test evaluation still reads the whole split")
     p.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None)
     p.add_argument("--no-validate", dest="validate", action="store_false",
                    help="skip the per-epoch evaluation on the test split")
@@ -40,9 +50,15 @@ def build_parser():
                    help="auto: MirroredStrategy when more than one GPU is visible")
     p.add_argument("--cpu-devices", type=int,
                    help="split the CPU into N logical devices (MirroredStrategy without GPUs)")
+    p.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
+                   help="XLA compilation of the train step (auto: Keras' choice)")
+    p.add_argument("--analysis", metavar="A,B",
+                   help="log these analyses (branchzoo.analysis) to TensorBoard during training")
+    p.add_argument("--analysis-every", type=int, default=1, metavar="N",
+                   help="run --analysis every N epochs (default 1)")
     p.add_argument("--deterministic", action="store_true", help="TensorFlow op determinism")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output")
-    p.add_argument("--verbose", default="auto", help="Keras progress: auto, 0, 1 or 2")
+    p.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"), help="Keras progress")
     return p
 
 
@@ -53,28 +69,35 @@ def _stop(signum, frame):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    from branchzoo import training
-    from branchzoo.data import DatasetNotFoundError
+    if args.list is not None:
+        from branchzoo import zoo
 
-    training.configure_cpu_devices(args.cpu_devices)
+        print("\n".join(zoo.list_models(args.list)))
+        return 0
+    if not args.model:
+        parser.error("the following arguments are required: --model (or --list)")
+    from branchzoo import training
+
     try:
+        if args.cpu_devices is not None and args.cpu_devices < 1:
+            raise ValueError(f"`cpu_devices` must be >= 1. Received: cpu_devices={args.cpu_devices}")
+        training.configure_cpu_devices(args.cpu_devices)
         run = _resolve(training, args)
-    except (ValueError, FileNotFoundError) as e:  # a bad name or value: usage + message, exit 2
-        parser.error(str(e))
+        # Builds the model and opens the data before anything is written.
+        prepared = training.prepare(run, resume=args.resume)
+    except (ValueError, FileNotFoundError) as e:  # a user error: the message, exit 2, nothing written
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     # SIGTERM (a scheduler's stop) ends the run like Ctrl-C: the last finished
     # epoch is already backed up, so report how to resume.
     signal.signal(signal.SIGTERM, _stop)
     verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
     try:
-        metrics = training.train(run, resume=args.resume, verbose=verbose)
+        metrics = training.run_prepared(prepared, verbose=verbose)
     except KeyboardInterrupt:
         print(f"\nInterrupted. Continue with the same command plus --resume "
               f"(backup in {os.path.join(run['output'], 'backup')}).", file=sys.stderr)
         return 130
-    except DatasetNotFoundError as e:  # data missing offline: say how to point at it, no traceback
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: metrics[k] for k in ("dataset", "loss", "top1", "top5")}, indent=2))
+    print(json.dumps({k: v for k, v in metrics.items() if k not in _NOT_PRINTED}, indent=2))
     print(f"Model, config and metrics in {run['output']}; TensorBoard: tensorboard --logdir {run['logdir']}")
     if run["export"]:
         print(f"SavedModel in {run['export']} (serve output within {metrics['export_max_abs_diff']:.2g} of Keras)")
@@ -89,6 +112,7 @@ def _resolve(training, args):
         cpu_devices=args.cpu_devices, logdir=args.logdir, output=args.output,
         export=args.export, augment=args.augment, deterministic=args.deterministic,
         validate=args.validate, steps_per_epoch=args.steps_per_epoch,
+        jit_compile=args.jit_compile, analysis=args.analysis, analysis_every=args.analysis_every,
     )
 
 

@@ -3,7 +3,9 @@
     >>> import branchzoo
     >>> branchzoo.list_models("mpnet*")[:1]
     ['mpnet2_1x3_2x7_cifar10']
-    >>> model = branchzoo.build("mpnet_tiny_digits", weights=None)  # doctest: +SKIP
+    >>> model = branchzoo.load("mpnet_tiny_digits", weights=None)   # untrained
+    >>> model.output.shape
+    (None, 10)
 """
 
 __version__ = "0.1.0"

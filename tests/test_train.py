@@ -89,7 +89,7 @@ def test_train_cli_digits_end_to_end(tmp_path):
     # evaluate.py on the checkpoint reproduces the run's final test metrics.
     eval_json = tmp_path / "eval.json"
     proc = run_cli("evaluate.py", "--checkpoint", str(out / "model.keras"), "--output", str(eval_json))
-    assert "top-1" in proc.stdout and "top-5" in proc.stdout
+    assert "top1" in proc.stdout and "top5" in proc.stdout
     evaluated = read_json(eval_json)
     assert evaluated["dataset"] == "digits"
     for key in ("loss", "top1", "top5"):

@@ -60,8 +60,9 @@ def test_list_models_patterns():
     assert "mpnet2_2x3_2x7_cifar10" in names and "mpnet_tiny_digits" in names
     assert names == sorted(names)
     assert all(n.startswith("mpnet4") for n in branchzoo.list_models("mpnet4*"))
-    assert set(branchzoo.list_models("*cifar10")) == {"mpnet2_2x3_2x7_cifar10", "mpnet2_1x3_2x7_cifar10"}
+    assert set(branchzoo.list_models("mpnet*cifar10")) == {"mpnet2_2x3_2x7_cifar10", "mpnet2_1x3_2x7_cifar10"}
     pretrained = branchzoo.list_models(pretrained=True)
+    assert "mpnet_tiny_digits" in pretrained  # published in zoo_models/
     assert all(branchzoo.model_card(n)["weights"] for n in pretrained)
     assert branchzoo.list_models("no_such*") == []
 
@@ -100,6 +101,22 @@ def test_parameter_count_matches_card_tiny():
     model = branchzoo.build("mpnet_tiny_digits")
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     assert card["parameters"] == {"trainable": trainable, "total": model.count_params()}
+
+
+def test_mpnet_tiny_digits_count_by_hand():
+    """MPNet2(2:3x3, 2:7x7), widths 8/16/32/64, counted from the layout, not the code."""
+
+    def block(c_in, w):  # per pathway: conv k*k*c_in*w, BN (2w), conv k*k*w*w, BN (2w)
+        return sum(k * k * (c_in * w + w * w) + 4 * w for k in (3, 7))
+
+    widths = [8, 16, 32, 64]
+    stem = 3 * 3 * 3 * 8 + 2 * 8
+    stages = sum(block(c_in, w) + block(w, w) for c_in, w in zip([8] + widths[:-1], widths))
+    head = 64 * 10 + 10
+    assert stem + stages + head == 1_108_978  # also the PyTorch twin's count (issue 15)
+    bn_moving = 2 * (8 + sum(2 * 2 * 2 * w for w in widths))  # mean + variance per BN channel
+    assert branchzoo.model_card("mpnet_tiny_digits")["parameters"] == {
+        "trainable": 1_108_978, "total": 1_108_978 + bn_moving}
 
 
 @pytest.mark.slow
