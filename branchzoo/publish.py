@@ -90,25 +90,31 @@ def publish_weights(name, run_dir=None, seed=0):
 
 
 def models_table(pattern="*"):
-    """The README's table of registered models, from their cards (markdown)."""
-    from branchzoo import zoo
-    from branchzoo.models.mpnet import mpnet_title
+    """The README's table of registered models, from their cards (markdown).
 
-    rows = ["| model | architecture | paper | trainable params | dataset | weights | test top-1 |",
+    The result column shows the recipe's ``"headline_metric"`` (default
+    ``top1``) as measured on the test split by the publish command.
+    """
+    from branchzoo import registry, zoo
+
+    rows = ["| model | architecture | paper | trainable params | dataset | weights | test result |",
             "|---|---|---|---:|---|---|---:|"]
     for name in zoo.list_models(pattern):
         card = zoo.model_card(name)
-        cfg = card["config"]
-        arch = mpnet_title(cfg["blocks_per_stage"], cfg["pathways"]) if card["family"] == "mpnet" else card["family"]
-        if card["family"] == "mpnet" and cfg.get("widths") != [64, 128, 256, 512]:
-            arch += f", widths {cfg['widths']}"
+        title = registry.get_builder(card["builder"]).get("title")
+        arch = title(card["config"]) if title else card["family"]
         params = card["parameters"]["trainable"] if card["parameters"] else None
         metrics = card["metrics"]
-        top1 = f"{100 * metrics['top1']:.2f}% ({metrics['dataset']})" if metrics else "-"
+        headline = card["recipe"].get("headline_metric", "top1")
+        result = "-"
+        if metrics and headline in metrics:
+            value = metrics[headline]
+            shown = f"{100 * value:.2f}%" if headline in ("top1", "top5") or "acc" in headline else f"{value:.4g}"
+            result = f"{shown} {'' if headline == 'top1' else headline + ' '}({metrics['dataset']})"
         aliases = f" (alias: {', '.join(card['aliases'])})" if card["aliases"] else ""
         rows.append(
             f"| `{name}`{aliases} | {arch} | {card['paper'][:3]}: {card['paper'].split(', ', 1)[-1]} | "
-            f"{params / 1e6:.2f}M | {card['dataset']} | {'yes' if card['weights'] else 'no'} | {top1} |"
+            f"{params / 1e6:.2f}M | {card['dataset']} | {'yes' if card['weights'] else 'no'} | {result} |"
         )
     return "\n".join(rows)
 

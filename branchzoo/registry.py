@@ -10,7 +10,7 @@ import difflib
 _BUILDERS = {}
 
 
-def register_builder(name, family=None, paper=None, task=None):
+def register_builder(name, family=None, paper=None, task=None, title=None):
     """Registers `fn` as the builder called `name` (decorator).
 
     Args:
@@ -19,12 +19,15 @@ def register_builder(name, family=None, paper=None, task=None):
         paper: the source paper's file name under ``../shared/seeds``.
         task: the `branchzoo.tasks` task its models train with (default
             ``"classification"``; a recipe's ``"task"`` overrides it).
+        title: ``fn(config) -> str``, the architecture's name in the paper's
+            notation for a zoo entry's config (shown in the README table).
     """
 
     def decorator(fn):
         if name in _BUILDERS and _BUILDERS[name]["fn"] is not fn:
             raise ValueError(f"A builder named '{name}' is already registered.")
-        _BUILDERS[name] = {"fn": fn, "family": family or name, "paper": paper, "task": task}
+        _BUILDERS[name] = {"fn": fn, "family": family or name, "paper": paper, "task": task,
+                           "title": title}
         fn.builder_name = name
         return fn
 

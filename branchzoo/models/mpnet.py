@@ -36,7 +36,14 @@ def mpnet_name(blocks_per_stage, pathways):
     return f"mpnet{blocks_per_stage}_{parts}"
 
 
-@register_builder("mpnet", family="mpnet", paper=PAPER)
+def _title(config):
+    """The README's architecture column for an entry's config."""
+    title = mpnet_title(config.get("blocks_per_stage", 2), config.get("pathways", ((2, 3), (2, 7))))
+    widths = list(config.get("widths", (64, 128, 256, 512)))
+    return title if widths == [64, 128, 256, 512] else f"{title}, widths {widths}"
+
+
+@register_builder("mpnet", family="mpnet", paper=PAPER, title=_title)
 def mpnet(
     pathways=((2, 3), (2, 7)),
     blocks_per_stage=2,
