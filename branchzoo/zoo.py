@@ -25,18 +25,10 @@ import urllib.parse
 import urllib.request
 
 from branchzoo import registry
+from branchzoo._home import branchzoo_home  # noqa: F401  (zoo.branchzoo_home stays public)
 from branchzoo._io import sha256_of
 
 REQUIRED_KEYS = ("name", "builder", "config", "dataset", "recipe")
-
-
-def branchzoo_home():
-    """The cache root: ``$BRANCHZOO_HOME``, default ``~/.keras/branchzoo``."""
-    home = os.environ.get("BRANCHZOO_HOME")
-    if not home:
-        keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-        home = os.path.join(keras_home, "branchzoo")
-    return home
 
 
 def zoo_dir():
