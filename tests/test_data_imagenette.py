@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -155,3 +157,27 @@ def test_imagenette_zoo_recipes_train_on_imagenette_at_the_card_size(entry, tmp_
 
 def test_imagenette_entries_exist():
     assert len(IMAGENETTE_ENTRIES) == 5
+
+
+@pytest.mark.slow
+def test_train_cli_on_an_imagenette_folder(tmp_path):
+    """train.py --dataset imagenette --data-dir DIR: a tiny MPNet, one step, at 160 px."""
+    make_imagenette(tmp_path / "data" / "imagenette2-160", per_class=(2, 1),
+                    size_range=((160, 161), (170, 240)))
+    out = tmp_path / "run"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train.py"), "--model", "mpnet", "--dataset",
+         "imagenette", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
+         "--steps-per-epoch", "1", "--batch-size", "4", "--no-validate", "--output", str(out),
+         "--model-kwargs", "widths=[4,4,8,8]"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "config.json") as f:
+        config = json.load(f)
+    assert config["dataset"] == "imagenette"
+    assert config["resolved_model_config"]["input_shape"] == [160, 160, 3]
+    assert config["resolved_model_config"]["num_classes"] == 10
+    with open(out / "metrics.json") as f:
+        assert 0.0 <= json.load(f)["top1"] <= 1.0
