@@ -127,3 +127,20 @@ def test_unknown_dataset_parameters_are_named():
         data.load_dataset("digits", "train", 8, image_size=0)
     with pytest.raises(ValueError, match="`normalization`.*'zscore'"):
         data.load_dataset("digits", "train", 8, normalization="zscore")
+
+
+@pytest.mark.parametrize("name, options", [
+    ("digits", {"classes": ["9", "2"], "image_size": [16, 12]}),
+    ("toy_regression1d", {"num_points": 5, "sampling": "uniform", "data_seed": 3}),
+])
+def test_info_options_reload_the_same_data(name, options):
+    """A run config can store info.options (JSON) and get the same data back on resume."""
+    import json
+
+    info = data.dataset_info(name, **options)
+    stored = json.loads(json.dumps(info.options))
+    assert data.dataset_info(name, **stored) == info
+    again = data.load_arrays(name, "train", **stored)
+    first = data.load_arrays(name, "train", **options)
+    np.testing.assert_array_equal(again[0], first[0])
+    np.testing.assert_array_equal(again[1], first[1])
