@@ -230,7 +230,7 @@ def dataset_info(name, data_dir=None, *, classes=None, pairing=None, normalizati
     Example:
         >>> from branchzoo import data
         >>> data.dataset_info("digits", classes=["3", "5"]).num_examples
-        {'train': 290, 'test': 73}
+        {'train': 291, 'test': 74}
     """
     options = resolve_options(name, classes, pairing, normalization, **params)
     record = load_record(options, data_dir)
