@@ -11,16 +11,8 @@ import tempfile
 import urllib.parse
 import urllib.request
 
+from branchzoo._home import branchzoo_home
 from branchzoo._io import sha256_of
-
-
-def branchzoo_home():
-    """The cache root: ``$BRANCHZOO_HOME``, default ``~/.keras/branchzoo``."""
-    home = os.environ.get("BRANCHZOO_HOME")
-    if not home:
-        keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-        home = os.path.join(keras_home, "branchzoo")
-    return home
 
 
 def weights_origin(entry):

@@ -21,7 +21,7 @@ import os
 import sys
 
 from branchzoo import download, registry
-from branchzoo.download import branchzoo_home  # noqa: F401  (zoo.branchzoo_home, as before)
+from branchzoo._home import branchzoo_home  # noqa: F401  (zoo.branchzoo_home stays public)
 
 REQUIRED_KEYS = ("name", "builder", "config", "dataset", "recipe")
 

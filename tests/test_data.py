@@ -5,127 +5,22 @@ small datasets the readers see are written by the tests themselves. The
 `realdata` tests read BRANCHZOO_DATA_DIR as it was when pytest started.
 """
 
-import gzip
+import dataclasses
 import os
 import pickle
 import socket
-import struct
 import tarfile
 
 import numpy as np
 import pytest
+from data_helpers import (  # noqa: F401  (home: the autouse fixture)
+    HAS_REAL_DATA, NO_REAL_DATA, REAL_DATA_DIR, cache_files, collect, home, make_cifar_python,
+    make_idx_dataset, make_image_folder, make_tar, write_idx,
+)
 from PIL import Image
 
 from branchzoo import data
-
-REAL_DATA_DIR = os.environ.get("BRANCHZOO_DATA_DIR")
-HAS_REAL_DATA = bool(
-    REAL_DATA_DIR
-    and os.path.isdir(os.path.join(REAL_DATA_DIR, "mnist"))
-    and os.path.isfile(os.path.join(REAL_DATA_DIR, "cifar10-jpeg.tar.gz"))
-)
-NO_REAL_DATA = "needs BRANCHZOO_DATA_DIR holding mnist/ and cifar10-jpeg.tar.gz"
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    """An empty cache and no data folder from the environment."""
-    path = tmp_path / "home"
-    monkeypatch.setenv("BRANCHZOO_HOME", str(path))
-    monkeypatch.delenv("BRANCHZOO_DATA_DIR", raising=False)
-    data.clear_cache()
-    yield path
-    data.clear_cache()
-
-
-# --- helpers that write small datasets ---------------------------------------------
-
-
-def write_idx(path, array, gz, magic=None):
-    """Writes `array` (uint8) as an IDX file; `magic` overrides the correct one."""
-    array = np.asarray(array, dtype=np.uint8)
-    magic = magic if magic is not None else 0x800 + array.ndim
-    raw = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
-    raw += array.tobytes()
-    if gz:
-        path = str(path) + ".gz"
-        with gzip.open(path, "wb") as f:
-            f.write(raw)
-    else:
-        with open(path, "wb") as f:
-            f.write(raw)
-    return path
-
-
-def make_idx_dataset(folder, seed, n_train=6, n_test=4, gz_train=True, gz_test=False):
-    """An IDX dataset of random 7x5 images; returns {split: (images, labels)}."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(folder, exist_ok=True)
-    arrays = {}
-    layout = (("train", n_train, gz_train, "train"), ("test", n_test, gz_test, "t10k"))
-    for split, n, gz, prefix in layout:
-        images = rng.integers(0, 256, (n, 7, 5), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"), images, gz)
-        write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), labels, gz)
-        arrays[split] = (images, labels)
-    return arrays
-
-
-def make_image_folder(root, classes=("dog", "ant", "cat"), per_class=2, size=(5, 6), seed=0,
-                      test_suffix=".png"):
-    """train/<class>/*.png and test/<class>/*<test_suffix> of random RGB images (H, W = size)."""
-    rng = np.random.default_rng(seed)
-    written = {}
-    for split, suffix in (("train", ".png"), ("test", test_suffix)):
-        for cls in classes:
-            os.makedirs(os.path.join(root, split, cls), exist_ok=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-                path = os.path.join(root, split, cls, f"{i:03d}{suffix}")
-                Image.fromarray(pixels).save(path)
-                written[path] = pixels
-    return written
-
-
-def make_cifar_python(folder, name, seed=0, per_file=3, meta_names=None):
-    """A tiny official-layout CIFAR python archive; returns {split: (data rows, labels)}."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(folder, exist_ok=True)
-    if name == "cifar10":
-        files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-        label_key, num_classes = b"labels", 10
-        meta_file, names_key = "batches.meta", b"label_names"
-    else:
-        files = {"train": ["train"], "test": ["test"]}
-        label_key, num_classes = b"fine_labels", 100
-        meta_file, names_key = "meta", b"fine_label_names"
-    expected = {}
-    for split, fnames in files.items():
-        rows, labels = [], []
-        for fname in fnames:
-            batch_rows = rng.integers(0, 256, (per_file, 3072), dtype=np.uint8)
-            batch_labels = [int(v) for v in rng.integers(0, num_classes, per_file)]
-            with open(os.path.join(folder, fname), "wb") as f:
-                pickle.dump({b"data": batch_rows, label_key: batch_labels, b"batch_label": b"x"}, f)
-            rows.append(batch_rows)
-            labels += batch_labels
-        expected[split] = (np.concatenate(rows), np.array(labels))
-    if meta_names is not None:
-        with open(os.path.join(folder, meta_file), "wb") as f:
-            pickle.dump({names_key: [n.encode() for n in meta_names]}, f)
-    return expected
-
-
-def make_tar(path, folder, arcname):
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(folder, arcname=arcname)
-    return path
-
-
-def cache_files(home):
-    folder = home / "datasets"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+from branchzoo.data import sources, specs
 
 
 # --- IDX ----------------------------------------------------------------------------
@@ -329,7 +224,7 @@ def test_child_name_rule(tmp_path):
         path.mkdir() if "." not in entry else path.write_bytes(b"")
 
     def names(name):
-        return [os.path.basename(p) for p in data._matching_children(name, str(tmp_path))]
+        return [os.path.basename(p) for p in sources.matching_children(name, str(tmp_path))]
 
     assert names("cifar10") == ["cifar10", "cifar10-jpeg.tar.gz"]
     assert names("cifar100") == ["cifar-100-python"]
@@ -339,7 +234,7 @@ def test_child_name_rule(tmp_path):
 
 def test_explicit_data_dir_without_the_dataset_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
-    monkeypatch.setattr(data, "_tfds_source", lambda *a: pytest.fail("must not download"))
+    monkeypatch.setattr(sources, "tfds_source", lambda *a: pytest.fail("must not download"))
     with pytest.raises(data.DatasetNotFoundError) as info:
         data.load_arrays("cifar10", "train", data_dir=tmp_path / "empty")
     message = str(info.value)
@@ -352,7 +247,7 @@ def test_explicit_data_dir_without_the_dataset_is_a_clear_error(tmp_path, monkey
 @pytest.fixture
 def hosts_reachable(monkeypatch):
     """The download-host probe passes, so failures come from tfds.load itself."""
-    monkeypatch.setattr(data, "_unreachable_download_hosts", lambda tfds, name: [])
+    monkeypatch.setattr(sources, "unreachable_download_hosts", lambda tfds, name: [])
 
 
 def test_offline_without_data_dir_explains_how_to_point_at_files(monkeypatch, hosts_reachable):
@@ -389,7 +284,7 @@ def test_unreachable_download_host_fails_fast_naming_the_host(monkeypatch):
 
     monkeypatch.setattr(tfds, "builder", lambda name: Builder())
     monkeypatch.setattr(tfds, "load", lambda *a, **k: pytest.fail("must not start a download"))
-    monkeypatch.setattr(data.socket, "create_connection", refuse)
+    monkeypatch.setattr(sources.socket, "create_connection", refuse)
     with pytest.raises(data.DatasetNotFoundError) as info:
         data.load_dataset("cifar100", "train", batch_size=8)
     assert sorted(probed) == [("example.invalid", 443), ("other.invalid", 8080)]
@@ -408,8 +303,9 @@ def test_prepared_tfds_dataset_needs_no_network(monkeypatch):
             return True
 
     monkeypatch.setattr(tfds, "builder", lambda name: Builder())
-    monkeypatch.setattr(data.socket, "create_connection", lambda *a, **k: pytest.fail("must not probe"))
-    assert data._unreachable_download_hosts(tfds, "mnist") == []
+    monkeypatch.setattr(sources.socket, "create_connection",
+                        lambda *a, **k: pytest.fail("must not probe"))
+    assert sources.unreachable_download_hosts(tfds, "mnist") == []
 
 
 def test_offline_with_env_data_dir_lacking_the_dataset(tmp_path, monkeypatch, hosts_reachable):
@@ -478,12 +374,6 @@ def test_missing_data_dir_is_named(tmp_path):
 # --- digits and the tf.data pipeline ----------------------------------------------
 
 
-def collect(ds):
-    batches = list(ds)
-    return (np.concatenate([x.numpy() for x, _ in batches]),
-            np.concatenate([y.numpy() for _, y in batches]))
-
-
 def test_digits_arrays_info_and_cache(monkeypatch, home):
     info = data.dataset_info("digits", data_dir="/ignored/for/digits")
     assert info.image_shape == (32, 32, 3) and info.num_classes == 10
@@ -498,7 +388,9 @@ def test_digits_arrays_info_and_cache(monkeypatch, home):
     [cached] = cache_files(home)
     assert cached.startswith("digits-sklearn") and cached.endswith(".npz")
     data.clear_cache()
-    monkeypatch.setattr(data, "_decode_digits", lambda: pytest.fail("the cache must be reused"))
+    spec = data.get_spec("digits")
+    monkeypatch.setitem(specs._SPECS, "digits", dataclasses.replace(
+        spec, reader=lambda params: pytest.fail("the cache must be reused")))
     again = data.load_arrays("digits", "train")
     np.testing.assert_array_equal(again[0], images)
 
