@@ -29,7 +29,10 @@ def build_parser():
     p.add_argument("--model", help="zoo model name or alias (see --list)")
     p.add_argument("--list", nargs="?", const="*", metavar="PATTERN",
                    help="print the registered model names (fnmatch PATTERN) and exit")
-    p.add_argument("--dataset", help="digits, mnist, fashion_mnist, cifar10, cifar100, image_folder, ... (default: the recipe's)")
+    p.add_argument("--dataset", help="a dataset of branchzoo.data.list_datasets(): digits, mnist, cifar10, "
+                                     "imagenette, image_folder, ... (default: the recipe's)")
+    p.add_argument("--image-size", type=int, metavar="PX",
+                   help="resize images (shorter side, centre crop) to PX x PX (default: the recipe's)")
     p.add_argument("--data-dir", help="local data: folder, image-folder layout, official archive or .tar.gz (default: $BRANCHZOO_DATA_DIR)")
     p.add_argument("--epochs", type=int, help="total epochs; a recipe's phases and LR steps scale with it")
     p.add_argument("--batch-size", type=int, help="global batch size (split over replicas)")
@@ -113,6 +116,7 @@ def _resolve(training, args):
         export=args.export, augment=args.augment, deterministic=args.deterministic,
         validate=args.validate, steps_per_epoch=args.steps_per_epoch,
         jit_compile=args.jit_compile, analysis=args.analysis, analysis_every=args.analysis_every,
+        dataset_options={"image_size": args.image_size} if args.image_size is not None else None,
     )
 
 

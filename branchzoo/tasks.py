@@ -314,6 +314,12 @@ class ClassificationTask(Task):
     name = "classification"
 
     def builder_kwargs(self, run, info):
+        if info.kind != "classification":
+            raise ValueError(
+                f"Model '{run.get('model')}' trains with the classification task, which needs a "
+                f"dataset of labelled images; {info.name!r} is of kind {info.kind!r}. "
+                "Pick a classification dataset with --dataset."
+            )
         return {"input_shape": list(info.image_shape), "num_classes": info.num_classes}
 
     def train_data(self, run, initial_epoch, epochs):
@@ -323,13 +329,15 @@ class ClassificationTask(Task):
             run["dataset"], "train", run["batch_size"], augment=run["augment"],
             data_dir=run["data_dir"], seed=run["seed"], epochs=epochs,
             initial_epoch=initial_epoch, steps_per_epoch=run["steps_per_epoch"],
+            **run.get("dataset_options", {}),
         )
 
     def test_data(self, run, steps=None):
         from branchzoo import data
 
         return data.load_dataset(run["dataset"], "test", run["batch_size"],
-                                 data_dir=run["data_dir"], steps_per_epoch=steps)
+                                 data_dir=run["data_dir"], steps_per_epoch=steps,
+                                 **run.get("dataset_options", {}))
 
     def _loss_and_metrics(self, recipe):
         import keras

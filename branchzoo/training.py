@@ -25,7 +25,7 @@ STRATEGIES = ("auto", "mirrored", "default")
 # Run settings that a --resume must keep (the rest may change freely).
 _RESUME_KEYS = ("model", "dataset", "data_dir", "epochs", "batch_size", "lr", "seed",
                 "model_kwargs", "strategy", "cpu_devices", "steps_per_epoch", "augment",
-                "deterministic", "recipe", "task")
+                "deterministic", "recipe", "task", "dataset_options")
 JIT_COMPILE = ("auto", "on", "off")
 
 
@@ -162,8 +162,13 @@ def resolve_run_config(
     jit_compile="auto",
     analysis=None,
     analysis_every=1,
+    dataset_options=None,
 ):
     """The full run config: the zoo entry's recipe with the given overrides.
+
+    ``dataset_options`` (`branchzoo.data` options: ``image_size``,
+    ``classes``, ...) are the recipe's when the run uses the recipe's
+    dataset, updated with the given ones.
 
     Checks every value (ValueError naming the argument) but touches no file.
     """
@@ -171,6 +176,10 @@ def resolve_run_config(
     recipe = copy.deepcopy(entry["recipe"])
     name = entry["name"]
     task = tasks.task_for(entry)
+    options = {}
+    if dataset is None or dataset == _recipe_dataset(entry):
+        options.update(recipe.get("dataset_options") or {})
+    options.update(dataset_options or {})
     dataset = dataset or _recipe_dataset(entry)
     output = output or os.path.join("runs", f"{name}-{dataset}")
     planned = sum(p.get("epochs", 0) for p in recipe["phases"]) if recipe.get("phases") else recipe["epochs"]
@@ -193,6 +202,7 @@ def resolve_run_config(
         "model": name,
         "task": task.name,
         "dataset": dataset,
+        "dataset_options": options,
         "data_dir": data_dir,
         "epochs": epochs,
         "phases": tasks.resolve_phases(recipe, epochs, lr=lr if lr != float(recipe["lr"]) else None),
@@ -294,7 +304,8 @@ def prepare(run, resume=False):
         tf.config.experimental.enable_op_determinism()
 
     task = tasks.get_task(run["task"])
-    info = data.dataset_info(run["dataset"], data_dir=run["data_dir"])
+    info = data.dataset_info(run["dataset"], data_dir=run["data_dir"], **run["dataset_options"])
+    run["dataset_info"] = {"kind": info.kind, "options": info.options}
     builder_kwargs = {**task.builder_kwargs(run, info), **run["model_kwargs"]}
     run["resolved_model_config"] = zoo.resolved_config(run["model"], **builder_kwargs)
     run["environment"] = environment()
@@ -503,6 +514,7 @@ def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_
                 "(train.py writes one). Pass --dataset."
             )
         stored = stored or {}
+        options = stored.get("dataset_options", {}) if dataset in (None, stored.get("dataset")) else {}
         dataset = dataset or stored["dataset"]
         data_dir = data_dir or stored.get("data_dir")
         entry = _entry_or_none(stored.get("model"))
@@ -516,18 +528,19 @@ def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_
         source = {"checkpoint": os.path.abspath(checkpoint)}
     else:
         entry = zoo.get_entry(model)
+        options = entry["recipe"].get("dataset_options", {}) if dataset in (None, _recipe_dataset(entry)) else {}
         dataset = dataset or _recipe_dataset(entry)
         recipe, task = entry["recipe"], tasks.task_for(entry)
-        info = data.dataset_info(dataset, data_dir=data_dir)
-        kwargs = task.builder_kwargs({"dataset": dataset}, info)
+        info = data.dataset_info(dataset, data_dir=data_dir, **options)
+        kwargs = task.builder_kwargs({"dataset": dataset, "model": entry["name"]}, info)
         net = zoo.load(model, weights=weights, **kwargs)
         label = entry["name"]
         source = {"model": entry["name"], "weights": weights if weights != "default" else
                   (entry.get("weights") or {}).get("file")}
     batch_size = check_int(batch_size, "batch_size", minimum=1)
-    run = {"dataset": dataset, "data_dir": data_dir, "batch_size": batch_size, "seed": 0,
-           "augment": False, "steps_per_epoch": None}
-    info = data.dataset_info(dataset, data_dir=data_dir)
+    run = {"dataset": dataset, "dataset_options": options, "data_dir": data_dir,
+           "batch_size": batch_size, "seed": 0, "augment": False, "steps_per_epoch": None}
+    info = data.dataset_info(dataset, data_dir=data_dir, **options)
     task.compile_for_evaluation(net, recipe)
     results = net.evaluate(task.test_data(run), return_dict=True, verbose=verbose)
     metrics = {**source, "dataset": dataset, "split": "test", **task.summarize(results),

@@ -410,3 +410,20 @@ def test_no_augment_gives_the_same_images_every_epoch():
 
     assert epoch_images(False, 0) == epoch_images(False, 1)  # reshuffled, never altered
     assert epoch_images(None, 0) != epoch_images(None, 1)  # the recipe's pad-crop
+
+
+def test_recipe_dataset_options_reach_the_run_only_for_its_dataset(monkeypatch):
+    monkeypatch.delenv("BRANCHZOO_ZOO_DIR", raising=False)
+    zoo.clear_cache()
+    run = training.resolve_run_config("mpnet2_1x3_4x7_imagenette")
+    assert run["dataset"] == "imagenette" and run["dataset_options"] == {"image_size": 250}
+    assert training.resolve_run_config("mpnet2_1x3_4x7_imagenette", dataset="digits")["dataset_options"] == {}
+    given = training.resolve_run_config("mpnet", dataset_options={"image_size": 48})
+    assert given["dataset_options"] == {"image_size": 48}
+
+
+def test_classification_task_refuses_data_that_is_not_labelled_images(test_zoo):
+    run = _run("two_phase", test_zoo / "run", dataset="toy_xor1d")
+    with pytest.raises(ValueError, match="kind 'synthetic'"):
+        training.prepare(run)
+    assert not (test_zoo / "run").exists()
