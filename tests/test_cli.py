@@ -88,17 +88,29 @@ def trained_run(tmp_path_factory):
                     folder / split / cls / f"{i}.png")
     out = root / "run"
     run_cli("train.py", "--model", "mpnet", "--dataset", "image_folder", "--data-dir", str(folder),
-            "--epochs", "1", "--batch-size", "4", "--steps-per-epoch", "2", *TINY,
+            "--epochs", "1", "--batch-size", "4", "--steps-per-epoch", "1", *TINY,
             "--output", str(out), unset=["BRANCHZOO_DATA_DIR"])
     return out
 
 
 def test_steps_per_epoch_does_not_truncate_the_final_test_evaluation(trained_run):
     metrics = read_json(trained_run / "metrics.json")
-    assert metrics["optimizer_iterations"] == 2
-    # evaluate.py reads the whole test split (6 images, 2 batches of 4): the run's
-    # final metrics must be of the same whole split, not of --steps-per-epoch batches.
+    assert metrics["optimizer_iterations"] == 1
+    # The test split has 6 images: 2 batches of 4, while --steps-per-epoch is 1.
+    # The run's final metrics are of the whole split: equal to evaluating all 6
+    # images here, and (with these random images) not to evaluating the first 4.
+    import keras
+
+    from branchzoo import data
+
+    model = keras.models.load_model(trained_run / "model.keras")
+    x, y, _ = data.load_arrays("image_folder", "test", data_dir=str(trained_run.parent / "images"))
+    info = data.dataset_info("image_folder", data_dir=str(trained_run.parent / "images"))
+    x = (x.astype("float32") / 255.0 - np.array(info.mean, "float32")) / np.array(info.std, "float32")
+    losses = keras.losses.sparse_categorical_crossentropy(y, model.predict(x, verbose=0), from_logits=True)
     assert metrics["split"] == "test"
+    assert metrics["loss"] == pytest.approx(float(np.mean(losses)), rel=1e-4)
+    assert metrics["loss"] != pytest.approx(float(np.mean(losses[:4])), rel=1e-4)
 
 
 def test_evaluate_checkpoint_reads_data_dir_from_its_run(trained_run, tmp_path, monkeypatch, capsys):
