@@ -21,12 +21,13 @@ model (not only MPNets):
 
 import dataclasses
 import fnmatch
+import weakref
 
 import keras
 import numpy as np
 
 from branchzoo._validation import check_int
-from branchzoo.analysis.features import _symbolic_features
+from branchzoo.analysis.features import _BlockIntermediates, _first_input, feature_names
 from branchzoo.analysis.saturation import adaptive_average_pool
 from branchzoo.layers import MultiPathBlock
 
@@ -216,9 +217,40 @@ def curves(infos):
     }
 
 
+def _symbolic(model, names):
+    """``{name: symbolic tensor}`` for `names` (see `feature_names`).
+
+    A block's ``/sum`` is the block's own output; only blocks whose inner
+    outputs are asked for get a second, intermediates-returning call (which
+    runs the block again), so extracting sums costs no extra compute.
+    """
+    out, inner = {}, {}
+    for name in names:
+        try:
+            if "/" in name:
+                block, key = name.split("/", 1)
+                layer = model.get_layer(block)
+                if not isinstance(layer, MultiPathBlock):
+                    raise ValueError(name)
+                if key == "sum":
+                    out[name] = layer.output
+                    continue
+                if block not in inner:
+                    inner[block] = _BlockIntermediates(layer)(_first_input(layer))
+                out[name] = inner[block][key]
+            else:
+                out[name] = model.get_layer(name).output
+        except (ValueError, KeyError):
+            raise ValueError(
+                f"Unknown feature name {name!r} in model '{model.name}'; see "
+                f"branchzoo.analysis.feature_names(model): {feature_names(model)[:12]} ..."
+            ) from None
+    return out
+
+
 def feature_sizes(model, infos, pool_size=4):
     """Flattened size of each output after pooling (``pool_size`` per unknown spatial side)."""
-    symbolic = _symbolic_features(model)
+    symbolic = _symbolic(model, [info.name for info in infos])
 
     def side(d):
         if not pool_size:
@@ -255,14 +287,21 @@ def chunk_layers(model, infos, examples, pool_size=4, max_bytes=1 << 30):
     return groups
 
 
+_EXTRACTORS = weakref.WeakKeyDictionary()
+
+
 def feature_extractor(model, names, include_output=True):
-    """A `keras.Model` mapping the model's inputs to ``{name: tensor}`` (and ``OUTPUT``)."""
+    """A `keras.Model` mapping the model's inputs to ``{name: tensor}`` (and ``OUTPUT``).
+
+    Cached per model and names: an analysis run every epoch reuses the
+    extractor and its compiled predict function.
+    """
     _check_functional(model)
-    symbolic = _symbolic_features(model)
-    missing = [n for n in names if n not in symbolic]
-    if missing:
-        raise ValueError(f"Unknown feature names {missing}; see branchzoo.analysis.feature_names(model).")
-    outputs = {n: symbolic[n] for n in names}
+    key = (tuple(names), bool(include_output))
+    cached = _EXTRACTORS.get(model, {})
+    if key in cached:
+        return cached[key]
+    outputs = _symbolic(model, names)
     if include_output:
         if len(model.outputs) != 1:
             raise ValueError(
@@ -271,7 +310,9 @@ def feature_extractor(model, names, include_output=True):
             )
         outputs[OUTPUT] = model.outputs[0]
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, outputs, name=f"{model.name}_analysis_features")
+    extractor = keras.Model(inputs, outputs, name=f"{model.name}_analysis_features")
+    _EXTRACTORS.setdefault(model, {})[key] = extractor
+    return extractor
 
 
 def is_arrays(data):
