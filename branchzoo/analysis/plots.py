@@ -53,12 +53,21 @@ def _draw_curves(ax, values, infos, titles=None, style="-o", label_suffix="", co
 
 
 def _layer_ticks(ax, infos, positions):
-    """Ticks at the outputs every pathway shares (stem, block sums); all outputs otherwise."""
-    shared = [i for i in infos if i.pathway in ("shared", "main")]
-    if len(shared) > 40:
-        shared = shared[:: int(np.ceil(len(shared) / 40))]
-    ax.set_xticks([positions[i.name] for i in shared])
-    ax.set_xticklabels([_short(i.name) for i in shared], rotation=90, fontsize=6)
+    """Ticks at the outputs every pathway shares (stem, block sums; all outputs without
+    pathways), and at the end of every block whose sum is not drawn."""
+    ticks = {positions[i.name]: _short(i.name) for i in infos if i.pathway in ("shared", "main")}
+    ends = {}
+    for i in infos:
+        if i.block is not None:
+            ends[i.block] = max(ends.get(i.block, -np.inf), positions[i.name])
+    for block, end in ends.items():
+        if f"{block}/sum" not in positions:
+            ticks[end] = _short(f"{block}/sum")
+    xs = sorted(ticks)
+    if len(xs) > 40:
+        xs = xs[:: int(np.ceil(len(xs) / 40))]
+    ax.set_xticks(xs)
+    ax.set_xticklabels([ticks[x] for x in xs], rotation=90, fontsize=6)
     ax.set_xlabel("layers (forward order)")
 
 
@@ -125,9 +134,13 @@ def plot_probes(result, saturation=None, title=None):
     if saturation:
         ax = fig.axes[0]
         positions = extraction.layer_positions(result.layers)
-        names = [i.name for i in result.layers if i.name in saturation]
-        ax.bar([positions[n] for n in names], [saturation[n] for n in names], width=0.6,
-               color="tab:gray", alpha=0.35, label="saturation")
+        lanes = sorted({i.pathway for i in result.layers if i.pathway.startswith("path")})
+        width = 0.6 / max(len(lanes), 1)
+        for k, info in enumerate(i for i in result.layers if i.name in saturation):
+            # pathways' layers side by side where their positions coincide
+            shift = (lanes.index(info.pathway) - (len(lanes) - 1) / 2) * width if info.pathway in lanes else 0.0
+            ax.bar(positions[info.name] + shift, saturation[info.name], width=width if lanes else 0.6,
+                   color="tab:gray", alpha=0.35, label="saturation" if k == 0 else None)
         ax.legend(fontsize=7, loc="best")
     return fig
 
