@@ -11,10 +11,12 @@ CPU-sized width and writes every analysis of issue 12 for it:
 
 writes ``experiments/output/mpnet_probes_cifar10/``: ``probes-accuracy.png``,
 ``saturation-layers.png``, ``cka-output.png``, ``cka-heatmap.png``,
-``gradients-flow.png``, ``probes-with-saturation.png`` (Fig. 3 style) and
+``gradients-flow.png``, ``probes-with-saturation.png`` (Fig. 3 style),
 ``report.json`` (every number, the settings, the training history and a
 ``dominance`` summary: per block, the probe accuracy and gradient size of
-each pathway's last layer).
+each pathway's last layer) and ``summary.md``, a table of the per-block
+comparison written from ``report.json`` (``--summarize REPORT`` rewrites it
+from an existing report).
 
 Training is plain ``model.fit`` (SGD with momentum, cosine decay, the data
 pipeline's flip + pad-crop augmentation), not train.py: a CPU-sized run, not
@@ -49,7 +51,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=DEFAULT_OUTPUT)
     p.add_argument("--dpi", type=int, default=80)
+    p.add_argument("--summarize", metavar="REPORT",
+                   help="only (re)write summary.md beside an existing report.json")
     args = p.parse_args(argv)
+    if args.summarize:
+        return args
     if not args.data_dir:
         p.error("--data-dir: expected the folder holding CIFAR-10 (or set BRANCHZOO_DATA_DIR), got nothing")
     try:
@@ -86,8 +92,66 @@ def dominance(numbers_probes, numbers_gradients):
     return {"blocks": summary, "num_blocks": len(summary), "blocks_where_short_path_probes_higher": short_wins}
 
 
+def summary_markdown(report):
+    """The per-block comparison of the two pathways' last layers, as markdown, from `report`."""
+    exp = report["experiment"]
+    probes, cka, sat = report["probes"], report["cka"], report["saturation"]
+    titles = probes.get("pathway_titles", {})
+    lines = [
+        f"# {exp['model']}, widths {exp['widths']}, on CIFAR-10",
+        "",
+        f"Written by experiments/mpnet_probes_cifar10.py from report.json. Command: `{exp['command']}`.",
+        f"{exp['parameters']:,} trainable parameters; {exp['training']['epochs']} x "
+        f"{exp['training']['steps_per_epoch']} steps of batch {exp['training']['batch_size']} in "
+        f"{exp['training']['seconds']:.0f} s; test accuracy {100 * exp['test_accuracy']:.2f}% "
+        f"(chance 10%). Probes: {probes['num_train']} train / {probes['num_test']} test examples "
+        f"({probes['not_converged']} of {len(probes['layers'])} probes stopped at the iteration limit); "
+        f"saturation: {sat['samples']} test examples; CKA: linear, {probes['num_test']} test examples.",
+        "",
+        "Last layer of each pathway in each block (path1 = "
+        f"{titles.get('path1', 'path1')}, the short one; path2 = {titles.get('path2', 'path2')}):",
+        "",
+        "| block | probe acc. path1 | probe acc. path2 | CKA with output path1 | path2 | "
+        "saturation path1 | path2 | mean abs grad. path1 / path2 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for block, paths in report["dominance"]["blocks"].items():
+        a, b = paths["path1"], paths["path2"]
+        ratio = a["mean_abs_gradient"] / b["mean_abs_gradient"] if b["mean_abs_gradient"] else float("nan")
+        lines.append(
+            f"| {block} | {a['probe_accuracy']:.3f} | {b['probe_accuracy']:.3f} | "
+            f"{cka['cka_with_output'][a['layer']]:.3f} | {cka['cka_with_output'][b['layer']]:.3f} | "
+            f"{sat['saturation'][a['layer']]:.2f} | {sat['saturation'][b['layer']]:.2f} | {ratio:.1f} |"
+        )
+    lines += [
+        "",
+        "Means over each pathway's own layers:",
+        "",
+        "| | path1 | path2 |",
+        "|---|---:|---:|",
+    ]
+    for label, section, key in (("probe accuracy", probes, "mean_accuracy"),
+                                ("CKA with output", cka, "mean_cka_with_output"),
+                                ("saturation", sat, "mean_saturation"),
+                                ("mean abs gradient", report["gradients"], "mean_abs_gradient")):
+        lines.append(f"| {label} | {section[key + '/path1']:.4g} | {section[key + '/path2']:.4g} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(report_path):
+    with open(report_path) as f:
+        report = json.load(f)
+    path = os.path.join(os.path.dirname(os.path.abspath(report_path)), "summary.md")
+    with open(path, "w") as f:
+        f.write(summary_markdown(report))
+    return path
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.summarize:
+        print("wrote", write_summary(args.summarize))
+        return None
     import keras
     import numpy as np
 
@@ -167,6 +231,7 @@ def main(argv=None):
         "dominance": dominance(results["probes"].numbers, results["gradients"].numbers),
     }
     written = write_report(args.output, results, extra=extra, dpi=args.dpi)
+    written.append(write_summary(os.path.join(args.output, "report.json")))
     print(json.dumps(extra["dominance"], indent=1))
     print("wrote", *written, sep="\n  ")
     return extra

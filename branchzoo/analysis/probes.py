@@ -244,10 +244,11 @@ def probes_analysis(model, data, layers=None, max_train_examples=5000, max_test_
     """
     from branchzoo.analysis import plots
 
+    kwargs.setdefault("num_classes", data.num_classes)
+    kwargs.setdefault("seed", data.seed)
     result = fit_probes(
         model, _require(data, "train", "probes"), _require(data, "test", "probes"),
-        layers=layers, max_train_examples=max_train_examples, max_test_examples=max_test_examples,
-        num_classes=data.num_classes, seed=data.seed, **kwargs,
+        layers=layers, max_train_examples=max_train_examples, max_test_examples=max_test_examples, **kwargs,
     )
     return AnalysisResult(numbers=result.to_numbers(), figures={"accuracy": plots.plot_probes(result)})
 
