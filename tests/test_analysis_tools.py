@@ -111,6 +111,11 @@ def test_reservoir_sample_of_a_class_ordered_stream_is_uniform():
     np.testing.assert_array_equal(sy, y[sx[:, 0].astype(int)])
     again = as_arrays(stream, 200, seed=1)
     np.testing.assert_array_equal(again[0], sx)
+    import tensorflow as tf
+
+    infinite = tf.data.Dataset.from_tensor_slices((x, y)).batch(64).repeat()
+    with pytest.raises(ValueError, match="`data` must be finite"):
+        as_arrays(infinite, 10)
 
 
 # --- probes ---------------------------------------------------------------------

@@ -290,18 +290,38 @@ def chunk_layers(model, infos, examples, pool_size=4, max_bytes=1 << 30):
 _EXTRACTORS = weakref.WeakKeyDictionary()
 
 
-def feature_extractor(model, names, include_output=True):
+def _pooled_in_graph(tensor, pool_size):
+    """Average-pools `tensor` to `pool_size` inside the graph when its sides divide evenly.
+
+    Cheaper than pooling after the fact: only the pooled maps leave the
+    graph. Other shapes (unknown or uneven sides) pass unchanged and are
+    pooled by `pool_features`.
+    """
+    shape = tensor.shape
+    if not pool_size or len(shape) != 4 or shape[1] is None or shape[2] is None:
+        return tensor
+    h, w = shape[1], shape[2]
+    if (h <= pool_size and w <= pool_size) or h % min(h, pool_size) or w % min(w, pool_size):
+        return tensor
+    window = (h // min(h, pool_size), w // min(w, pool_size))
+    return keras.ops.average_pool(tensor, pool_size=window, strides=window, padding="valid")
+
+
+def feature_extractor(model, names, include_output=True, pool_size=None):
     """A `keras.Model` mapping the model's inputs to ``{name: tensor}`` (and ``OUTPUT``).
 
-    Cached per model and names: an analysis run every epoch reuses the
-    extractor and its compiled predict function.
+    With `pool_size`, maps whose sides are multiples of it come out already
+    average-pooled to ``pool_size x pool_size`` (the same numbers as
+    `adaptive_average_pool`). Cached per model, names and pool size: an
+    analysis run every epoch reuses the extractor and its compiled predict
+    function.
     """
     _check_functional(model)
-    key = (tuple(names), bool(include_output))
+    key = (tuple(names), bool(include_output), pool_size)
     cached = _EXTRACTORS.get(model, {})
     if key in cached:
         return cached[key]
-    outputs = _symbolic(model, names)
+    outputs = {n: _pooled_in_graph(t, pool_size) for n, t in _symbolic(model, names).items()}
     if include_output:
         if len(model.outputs) != 1:
             raise ValueError(
@@ -329,6 +349,11 @@ def iterate_batches(data, batch_size=128):
     """Yields ``(x, y)`` numpy batches from ``(x, y)`` arrays or a stream of batches."""
     if data is None:
         raise ValueError("`data` must be (x, y) arrays or an iterable of (x, y) batches. Received: None")
+    if hasattr(data, "cardinality") and int(data.cardinality()) == -1:  # tf.data.INFINITE_CARDINALITY
+        raise ValueError(
+            "`data` must be finite (one pass over a split). Received: an infinite tf.data.Dataset "
+            "(e.g. a repeated one); use load_dataset(..., epochs=None) or .take(n)"
+        )
     if is_arrays(data):
         x, y = data
         for start in range(0, x.shape[0], batch_size):
@@ -415,9 +440,9 @@ def iterate_features(model, data, names, batch_size=128, pool_size=4, max_exampl
         pool_size: 4 in the paper; None or 0 keeps full maps.
         max_examples: stop after this many examples (the first ones).
         include_output: also return the model output.
-        extractor: a `feature_extractor(model, names, include_output)` to reuse.
+        extractor: a `feature_extractor(model, names, include_output, pool_size)` to reuse.
     """
-    extractor = extractor or feature_extractor(model, list(names), include_output)
+    extractor = extractor or feature_extractor(model, list(names), include_output, pool_size)
     done = 0
     for x, y in iterate_batches(data, batch_size):
         if max_examples is not None:

@@ -12,6 +12,8 @@ the model changes, BatchNormalization's moving statistics included.
 TensorFlow backend only (``tf.GradientTape``); other backends raise.
 """
 
+import weakref
+
 import numpy as np
 
 from branchzoo._validation import check_int
@@ -37,13 +39,48 @@ def _kernels(model, infos):
     return kernels
 
 
+_DEFAULT_LOSS = []
+
+
 def _default_loss(model):
+    """The model's compiled loss when it is a Keras loss object, else cross-entropy from logits."""
     import keras
 
     loss = getattr(model, "loss", None)
     if isinstance(loss, keras.losses.Loss) or (callable(loss) and not isinstance(loss, str)):
         return loss
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if not _DEFAULT_LOSS:
+        _DEFAULT_LOSS.append(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return _DEFAULT_LOSS[0]
+
+
+_STEPS = weakref.WeakKeyDictionary()
+
+
+def _gradient_step(model, wanted, loss_fn, training):
+    """A compiled ``(values, non_trainable, x, y) -> [mean |dL/dW_k| for k in wanted]``.
+
+    Cached per model, kernels, mode and loss object, so a callback running
+    every epoch traces it once.
+    """
+    import tensorflow as tf
+
+    key = (wanted, training)
+    cached = _STEPS.get(model, {}).get(key)
+    if cached is not None and cached[0] is loss_fn:
+        return cached[1]
+
+    @tf.function(reduce_retracing=True)
+    def step(values, non_trainable, x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            y_pred, _ = model.stateless_call(values, non_trainable, x, training=training)
+            value = loss_fn(y, y_pred)
+        grads = tape.gradient(value, [values[k] for k in wanted])
+        return [tf.reduce_mean(tf.abs(g)) if g is not None else tf.constant(float("nan")) for g in grads]
+
+    _STEPS.setdefault(model, {})[key] = (loss_fn, step)
+    return step
 
 
 def gradient_flow(model, data, layers=None, max_batches=8, batch_size=64, loss=None, training=True, seed=0):
@@ -98,20 +135,15 @@ def gradient_flow(model, data, layers=None, max_batches=8, batch_size=64, loss=N
         raise ValueError(f"Model '{model.name}' has no trainable conv or Dense kernels to take gradients of.")
     trainable = model.trainable_variables
     index = {id(v): k for k, v in enumerate(trainable)}
-    wanted = [index[id(kernels[i.name])] for i in infos]
+    wanted = tuple(index[id(kernels[i.name])] for i in infos)
+    step = _gradient_step(model, wanted, loss or _default_loss(model), bool(training))
     non_trainable = [v.value for v in model.non_trainable_variables]
-    loss = loss or _default_loss(model)
     x, y = extraction.as_arrays(data, max_batches * batch_size, seed)
     sums = np.zeros(len(infos))
     batches = 0
     for bx, by in extraction.iterate_batches((x, y), batch_size):
         values = [tf.convert_to_tensor(v.value) for v in trainable]
-        with tf.GradientTape() as tape:
-            tape.watch(values)
-            y_pred, _ = model.stateless_call(values, non_trainable, bx, training=training)
-            value = loss(by, y_pred)
-        grads = tape.gradient(value, [values[k] for k in wanted])
-        sums += [float(tf.reduce_mean(tf.abs(g))) if g is not None else np.nan for g in grads]
+        sums += [float(g) for g in step(values, non_trainable, tf.constant(bx), tf.constant(by))]
         batches += 1
     return infos, {info.name: float(s / batches) for info, s in zip(infos, sums)}
 

@@ -129,7 +129,7 @@ def plot_probes(result, saturation=None, title=None):
     fig = plot_layer_values(
         result.accuracy, result.layers, "probe accuracy (test)", title=title,
         pathway_titles=result.pathway_titles, ylim=(0, 1.02),
-        hlines={"chance": result.chance, "model": acc},
+        hlines={"chance": result.chance, "model (test acc.)": acc},
     )
     if saturation:
         ax = fig.axes[0]
