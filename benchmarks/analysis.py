@@ -90,7 +90,6 @@ def _model_and_data(args, overrides):
             return data.load_dataset("cifar10", name, args.batch_size, augment=False, shuffle=False,
                                      data_dir=args.data_dir)
         return model, split("train"), split("test")
-    rng = np.random.default_rng(0)
 
     def random_split(count, seed):
         r = np.random.default_rng(seed)
