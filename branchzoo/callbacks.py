@@ -150,3 +150,169 @@ class TensorBoard(keras.callbacks.TensorBoard):
         forward = tf.function(lambda *x: model(x[0] if len(x) == 1 else list(x), training=False))
         with self._train_writer.as_default():
             tf.summary.graph(forward.get_concrete_function(*specs).graph)
+
+
+# -----------------------------------------------------------------------------
+# Analysis callback (issue 12). A self-contained section appended at the end of
+# the file: it runs analyses registered in branchzoo.analysis.registry every N
+# epochs and logs their figures and top-level scalars to TensorBoard.
+# -----------------------------------------------------------------------------
+
+
+class AnalysisCallback(keras.callbacks.Callback):
+    """Runs registered analyses every N epochs and logs them to TensorBoard.
+
+    Generic over ``branchzoo.analysis.registry``: each analysis
+    ``fn(model, data, **options) -> AnalysisResult`` is run on the model being
+    trained; every figure is logged as an image ``<analysis>/<figure>`` and
+    every top-level scalar number as ``<analysis>/<key>`` (plus
+    ``<analysis>/seconds``, the time it took), at step = epoch index, like
+    Keras' epoch summaries. ``train.py --analysis saturation,probes
+    --analysis-every N`` is this callback. (After 003_4bdb2e82324dbf00.txt:
+    probes, saturation, CKA and gradient flow during training.)
+
+    Args:
+        names: analysis names, ``"saturation,probes"`` or a list.
+        data: a `branchzoo.analysis.registry.AnalysisData` (train / test
+            batches without augmentation, num_classes, seed).
+        every: period in epochs: an int for every analysis, a dict
+            ``{name: int}``, or None for each analysis' own default
+            (its ``default_every`` attribute: saturation and gradients 1,
+            cka 5, probes 10; 1 for analyses that set none).
+        logdir: TensorBoard folder; summaries go to ``<logdir>/analysis``.
+            None: nothing is written (results stay in `results`/`history`).
+        options: ``{name: {keyword: value}}`` passed to each analysis.
+        max_train_examples, max_test_examples: at the start of training
+            the train / test data are drawn once (uniform, seeded) into
+            arrays of at most this many examples, so every run reuses them
+            (None: pass the data through as given, read again each time).
+        run_on_train_end: after the last epoch, also run each analysis whose
+            period did not fall on it.
+        dpi: resolution of the logged images.
+
+    Attributes:
+        results: ``{name: numbers}`` of the latest run of each analysis.
+        history: list of ``{"epoch", "analysis", "seconds", "scalars"}``.
+
+    Example:
+
+    >>> from branchzoo.analysis.registry import AnalysisData
+    >>> cb = AnalysisCallback("saturation", AnalysisData(test=None), every=2)
+    >>> cb.periods
+    {'saturation': 2}
+    """
+
+    def __init__(self, names, data, every=None, logdir=None, options=None, max_train_examples=5000,
+                 max_test_examples=2000, run_on_train_end=True, dpi=80):
+        super().__init__()
+        from branchzoo._validation import check_int
+        from branchzoo.analysis.registry import get_analysis, parse_analysis_names
+
+        self.names = parse_analysis_names(names)
+        self.data = data
+        self.logdir = logdir
+        self.options = dict(options or {})
+        for name in self.options:
+            if name not in self.names:
+                raise ValueError(
+                    f"`options` must be keyed by the analyses run ({self.names}). Received: options key {name!r}"
+                )
+        self.periods = {}
+        for name in self.names:
+            if every is None:
+                period = getattr(get_analysis(name), "default_every", 1)
+            elif isinstance(every, dict):
+                period = every.get(name, getattr(get_analysis(name), "default_every", 1))
+            else:
+                period = every
+            self.periods[name] = check_int(period, f"every ({name})", minimum=1)
+        self.max_train_examples = max_train_examples
+        self.max_test_examples = max_test_examples
+        self.run_on_train_end = bool(run_on_train_end)
+        self.dpi = dpi
+        self.results = {}
+        self.history = []
+        self._writer = None
+        self._prepared = None
+        self._last_run = {}
+        self._last_epoch = None
+
+    def _prepared_data(self):
+        if self._prepared is None:
+            import dataclasses
+
+            from branchzoo.analysis.extraction import as_arrays
+
+            def draw(source, limit, offset):
+                if source is None or limit is None:
+                    return source
+                return as_arrays(source, limit, self.data.seed + offset)
+
+            self._prepared = dataclasses.replace(
+                self.data,
+                train=draw(self.data.train, self.max_train_examples, 0),
+                test=draw(self.data.test, self.max_test_examples, 1),
+            )
+        return self._prepared
+
+    def on_train_begin(self, logs=None):
+        self._prepared_data()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._last_epoch = epoch
+        due = [n for n in self.names if (epoch + 1) % self.periods[n] == 0]
+        self.run(due, epoch)
+
+    def on_train_end(self, logs=None):
+        if self.run_on_train_end and self._last_epoch is not None:
+            missed = [n for n in self.names if self._last_run.get(n) != self._last_epoch]
+            self.run(missed, self._last_epoch)
+        if self._writer is not None:
+            self._writer.flush()
+
+    def run(self, names, step):
+        """Runs `names` now and logs them at `step`; returns ``{name: AnalysisResult}``."""
+        import time
+
+        from branchzoo.analysis.registry import AnalysisResult, get_analysis
+
+        out = {}
+        for name in names:
+            start = time.perf_counter()
+            result = get_analysis(name)(self.model, self._prepared_data(), **self.options.get(name, {}))
+            seconds = time.perf_counter() - start
+            if not isinstance(result, AnalysisResult):
+                raise TypeError(f"Analysis {name!r} must return an AnalysisResult. Received: {type(result)}")
+            scalars = {k: float(v) for k, v in result.numbers.items() if _is_scalar(v)}
+            self.results[name] = result.numbers
+            self.history.append({"epoch": step, "analysis": name, "seconds": seconds, "scalars": scalars})
+            self._last_run[name] = step
+            if self.logdir is not None:
+                self._log(name, result, scalars, seconds, step)
+            out[name] = result
+        return out
+
+    def _log(self, name, result, scalars, seconds, step):
+        import io
+        import os
+
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.logdir, "analysis"))
+        with self._writer.as_default():
+            for key, value in scalars.items():
+                tf.summary.scalar(f"{name}/{key}", value, step=step)
+            tf.summary.scalar(f"{name}/seconds", seconds, step=step)
+            for fig_name, fig in result.figures.items():
+                buffer = io.BytesIO()
+                fig.savefig(buffer, format="png", dpi=self.dpi)
+                image = tf.image.decode_png(buffer.getvalue(), channels=4)
+                tf.summary.image(f"{name}/{fig_name}", image[None], step=step)
+        self._writer.flush()
+
+
+def _is_scalar(value):
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value  # not NaN

@@ -1,8 +1,37 @@
 """Analysis tools: plain functions returning arrays or matplotlib figures.
 
-    >>> from branchzoo.analysis import feature_model, feature_names
+After 003_4bdb2e82324dbf00.txt (Richter et al.): logistic-regression probes,
+saturation, CKA and gradient flow per layer and pathway, for any registered
+model. Each is also a named analysis (``probes``, ``saturation``, ``cka``,
+``gradients``) that ``evaluate.py --analysis`` and the training callback run
+through `branchzoo.analysis.registry`.
+
+    >>> from branchzoo.analysis import cka, saturation, fit_probes, gradient_flow, feature_model
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).standard_normal((64, 5))
+    >>> round(cka(x, -2 * x), 6)
+    1.0
 """
 
 from branchzoo.analysis.features import feature_model, feature_names
+from branchzoo.analysis.cka import (
+    CKAAccumulator, center_gram, cka, cka_from_grams, cka_matrix, cka_with_output, gram_linear, gram_rbf,
+)
+from branchzoo.analysis.saturation import (
+    SaturationAccumulator, adaptive_average_pool, intrinsic_dimension, layer_saturation, saturation,
+)
+from branchzoo.analysis.probes import ProbeResult, fit_probe, fit_probes
+from branchzoo.analysis.gradients import gradient_flow
+from branchzoo.analysis.extraction import analysis_layers, layer_positions
+from branchzoo.analysis import plots  # noqa: F401
 
-__all__ = ["feature_model", "feature_names"]
+__all__ = [
+    "feature_model", "feature_names",
+    "cka", "cka_matrix", "cka_from_grams", "center_gram", "gram_linear", "gram_rbf", "CKAAccumulator",
+    "cka_with_output",
+    "saturation", "SaturationAccumulator", "intrinsic_dimension", "adaptive_average_pool", "layer_saturation",
+    "fit_probes", "fit_probe", "ProbeResult",
+    "gradient_flow",
+    "analysis_layers", "layer_positions",
+    "plots",
+]

@@ -1,8 +1,11 @@
 """Model families: one module per family, each builder registered in the zoo.
 
-    >>> from branchzoo.models import mpnet
+    >>> from branchzoo.models import mpnet, vgg16, resnet34, densenet18
 """
 
+from branchzoo.models.densenet import densenet, densenet18
 from branchzoo.models.mpnet import mpnet
+from branchzoo.models.resnet import resnet, resnet18, resnet34
+from branchzoo.models.vgg import vgg, vgg16
 
-__all__ = ["mpnet"]
+__all__ = ["mpnet", "vgg", "vgg16", "resnet", "resnet18", "resnet34", "densenet", "densenet18"]

@@ -1,0 +1,241 @@
+#!/usr/bin/env python
+"""MPNet2(1:3x3, 4:7x7) at reduced width, trained briefly on CIFAR-10, then the full report.
+
+After 003_4bdb2e82324dbf00.txt, Sec. 4.1 and Fig. 5a: with one 3x3 layer against
+four 7x7 layers per block, the paper finds the short pathway dominant (its
+probe accuracy advances the solution) and the long one non-dominant, with
+smaller gradients (Fig. 6b). This script trains the same topology at a
+CPU-sized width and writes every analysis of issue 12 for it:
+
+    BRANCHZOO_DATA_DIR=/work/shared/datasets python experiments/mpnet_probes_cifar10.py
+
+writes ``experiments/output/mpnet_probes_cifar10/``: ``probes-accuracy.png``,
+``saturation-layers.png``, ``cka-output.png``, ``cka-heatmap.png``,
+``gradients-flow.png``, ``probes-with-saturation.png`` (Fig. 3 style),
+``report.json`` (every number, the settings, the training history and a
+``dominance`` summary: per block, the probe accuracy and gradient size of
+each pathway's last layer) and ``summary.md``, a table of the per-block
+comparison written from ``report.json`` (``--summarize REPORT`` rewrites it
+from an existing report).
+
+Training is plain ``model.fit`` (SGD with momentum, cosine decay, the data
+pipeline's flip + pad-crop augmentation), not train.py: a CPU-sized run, not
+the paper's 30-epoch recipe.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUTPUT = os.path.join(REPO, "experiments", "output", "mpnet_probes_cifar10")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=os.environ.get("BRANCHZOO_DATA_DIR"),
+                   help="folder holding CIFAR-10 (default: $BRANCHZOO_DATA_DIR)")
+    p.add_argument("--widths", default="8,16,32,64", help="stage widths (the paper: 64,128,256,512)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--steps-per-epoch", type=int, default=200, help="batches per epoch (a subset each epoch)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05, help="peak SGD learning rate (cosine decay to 0)")
+    p.add_argument("--probe-train", type=int, default=5000, help="training examples for the probes")
+    p.add_argument("--probe-test", type=int, default=2000, help="test examples for probes and CKA")
+    p.add_argument("--saturation-examples", type=int, default=10000, help="test examples for saturation")
+    p.add_argument("--gradient-batches", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=DEFAULT_OUTPUT)
+    p.add_argument("--dpi", type=int, default=80)
+    p.add_argument("--summarize", metavar="REPORT",
+                   help="only (re)write summary.md beside an existing report.json")
+    args = p.parse_args(argv)
+    if args.summarize:
+        return args
+    if not args.data_dir:
+        p.error("--data-dir: expected the folder holding CIFAR-10 (or set BRANCHZOO_DATA_DIR), got nothing")
+    try:
+        args.widths = [int(w) for w in args.widths.split(",")]
+    except ValueError:
+        p.error(f"--widths: expected comma-separated integers, got {args.widths!r}")
+    for flag in ("epochs", "steps_per_epoch", "batch_size", "probe_train", "probe_test",
+                 "saturation_examples", "gradient_batches"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
+    return args
+
+
+def dominance(numbers_probes, numbers_gradients):
+    """Per block: probe accuracy and mean |dL/dW| of each pathway's last conv."""
+    blocks = {}
+    for name in numbers_probes["layers"]:
+        if "/path" not in name:
+            continue
+        block, layer = name.split("/")
+        path = layer.split("_")[0]
+        blocks.setdefault(block, {})[path] = name  # the last conv of the pathway wins
+    summary = {}
+    for block, last in blocks.items():
+        summary[block] = {
+            path: {
+                "layer": name,
+                "probe_accuracy": numbers_probes["accuracy"][name],
+                "mean_abs_gradient": numbers_gradients["mean_abs_gradient"].get(name),
+            }
+            for path, name in sorted(last.items())
+        }
+    short_wins = sum(v["path1"]["probe_accuracy"] > v["path2"]["probe_accuracy"] for v in summary.values())
+    return {"blocks": summary, "num_blocks": len(summary), "blocks_where_short_path_probes_higher": short_wins}
+
+
+def summary_markdown(report):
+    """The per-block comparison of the two pathways' last layers, as markdown, from `report`."""
+    exp = report["experiment"]
+    probes, cka, sat = report["probes"], report["cka"], report["saturation"]
+    titles = probes.get("pathway_titles", {})
+    lines = [
+        f"# {exp['model']}, widths {exp['widths']}, on CIFAR-10",
+        "",
+        f"Written by experiments/mpnet_probes_cifar10.py from report.json. Command: `{exp['command']}`.",
+        f"{exp['parameters']:,} trainable parameters; {exp['training']['epochs']} x "
+        f"{exp['training']['steps_per_epoch']} steps of batch {exp['training']['batch_size']} in "
+        f"{exp['training']['seconds']:.0f} s; test accuracy {100 * exp['test_accuracy']:.2f}% "
+        f"(chance 10%). Probes: {probes['num_train']} train / {probes['num_test']} test examples "
+        f"({probes['not_converged']} of {len(probes['layers'])} probes stopped at the iteration limit); "
+        f"saturation: {sat['samples']} test examples; CKA: linear, {probes['num_test']} test examples.",
+        "",
+        "Last layer of each pathway in each block (path1 = "
+        f"{titles.get('path1', 'path1')}, the short one; path2 = {titles.get('path2', 'path2')}):",
+        "",
+        "| block | probe acc. path1 | probe acc. path2 | CKA with output path1 | path2 | "
+        "saturation path1 | path2 | mean abs grad. path1 / path2 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for block, paths in report["dominance"]["blocks"].items():
+        a, b = paths["path1"], paths["path2"]
+        ratio = a["mean_abs_gradient"] / b["mean_abs_gradient"] if b["mean_abs_gradient"] else float("nan")
+        lines.append(
+            f"| {block} | {a['probe_accuracy']:.3f} | {b['probe_accuracy']:.3f} | "
+            f"{cka['cka_with_output'][a['layer']]:.3f} | {cka['cka_with_output'][b['layer']]:.3f} | "
+            f"{sat['saturation'][a['layer']]:.2f} | {sat['saturation'][b['layer']]:.2f} | {ratio:.1f} |"
+        )
+    lines += [
+        "",
+        "Means over each pathway's own layers:",
+        "",
+        "| | path1 | path2 |",
+        "|---|---:|---:|",
+    ]
+    for label, section, key in (("probe accuracy", probes, "mean_accuracy"),
+                                ("CKA with output", cka, "mean_cka_with_output"),
+                                ("saturation", sat, "mean_saturation"),
+                                ("mean abs gradient", report["gradients"], "mean_abs_gradient")):
+        lines.append(f"| {label} | {section[key + '/path1']:.4g} | {section[key + '/path2']:.4g} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(report_path):
+    with open(report_path) as f:
+        report = json.load(f)
+    path = os.path.join(os.path.dirname(os.path.abspath(report_path)), "summary.md")
+    with open(path, "w") as f:
+        f.write(summary_markdown(report))
+    return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.summarize:
+        print("wrote", write_summary(args.summarize))
+        return None
+    import keras
+    import numpy as np
+
+    from branchzoo import data
+    from branchzoo.analysis import plots
+    from branchzoo.analysis.extraction import analysis_layers
+    from branchzoo.analysis.probes import ProbeResult
+    from branchzoo.analysis.registry import AnalysisData, get_analysis, write_report
+    from branchzoo.models import mpnet
+
+    keras.utils.set_random_seed(args.seed)
+    start = time.perf_counter()
+    info = data.dataset_info("cifar10", data_dir=args.data_dir)
+    model = mpnet([[1, 3], [4, 7]], blocks_per_stage=2, widths=args.widths,
+                  num_classes=info.num_classes, input_shape=info.image_shape)
+    steps = args.epochs * args.steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(args.lr, steps)
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=5e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    train = data.load_dataset("cifar10", "train", args.batch_size, data_dir=args.data_dir, seed=args.seed,
+                              steps_per_epoch=args.steps_per_epoch)
+    test = data.load_dataset("cifar10", "test", 256, data_dir=args.data_dir)
+    history = model.fit(train, epochs=args.epochs, verbose=2)
+    loss, accuracy = model.evaluate(test, verbose=0)
+    train_seconds = time.perf_counter() - start
+    print(f"trained {steps} steps in {train_seconds:.0f} s; test accuracy {accuracy:.4f}", flush=True)
+
+    analysis_data = AnalysisData(
+        train=data.load_dataset("cifar10", "train", 256, augment=False, data_dir=args.data_dir, seed=args.seed),
+        test=data.load_dataset("cifar10", "test", 256, data_dir=args.data_dir),
+        num_classes=info.num_classes, class_names=list(info.class_names), seed=args.seed,
+    )
+    options = {
+        "probes": {"max_train_examples": args.probe_train, "max_test_examples": args.probe_test},
+        "saturation": {"max_examples": args.saturation_examples},
+        "cka": {"max_examples": args.probe_test, "heatmap_examples": min(args.probe_test, 1000)},
+        "gradients": {"max_batches": args.gradient_batches},
+    }
+    results, seconds = {}, {}
+    for name, kwargs in options.items():
+        t0 = time.perf_counter()
+        results[name] = get_analysis(name)(model, analysis_data, **kwargs)
+        seconds[name] = time.perf_counter() - t0
+        print(f"{name}: {seconds[name]:.0f} s", flush=True)
+
+    # Fig. 3 style: probe accuracy and saturation in one figure.
+    p = results["probes"].numbers
+    infos = analysis_layers(model)
+    probe_result = ProbeResult(
+        layers=infos, accuracy=p["accuracy"], train_accuracy=p["train_accuracy"],
+        model_test_accuracy=p["model_test_accuracy"], num_classes=info.num_classes,
+        num_train=p["num_train"], num_test=p["num_test"], pathway_titles=p["pathway_titles"],
+    )
+    results["probes"].figures["with-saturation"] = plots.plot_probes(
+        probe_result, saturation=results["saturation"].numbers["saturation"])
+
+    command = "BRANCHZOO_DATA_DIR=<data> python experiments/mpnet_probes_cifar10.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--data-dir"))
+    extra = {
+        "experiment": {
+            "command": command.strip(),
+            "model": "MPNet2(1:3x3, 4:7x7)",
+            "widths": args.widths,
+            "parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
+            "training": {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+                         "batch_size": args.batch_size, "lr": args.lr, "optimizer": "SGD momentum 0.9, "
+                         "weight decay 5e-4, cosine decay", "seconds": round(train_seconds, 1),
+                         "history": {k: [round(float(v), 4) for v in vs] for k, vs in history.history.items()}},
+            "test_accuracy": float(accuracy),
+            "test_loss": float(loss),
+            "analysis_seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "options": options,
+        },
+        "dominance": dominance(results["probes"].numbers, results["gradients"].numbers),
+    }
+    written = write_report(args.output, results, extra=extra, dpi=args.dpi)
+    written.append(write_summary(os.path.join(args.output, "report.json")))
+    print(json.dumps(extra["dominance"], indent=1))
+    print("wrote", *written, sep="\n  ")
+    return extra
+
+
+if __name__ == "__main__":
+    main()
