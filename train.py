@@ -57,8 +57,8 @@ def build_parser():
                    help="XLA compilation of the train step (auto: Keras' choice)")
     p.add_argument("--analysis", metavar="A,B",
                    help="log these analyses (branchzoo.analysis) to TensorBoard during training")
-    p.add_argument("--analysis-every", type=int, default=1, metavar="N",
-                   help="run --analysis every N epochs (default 1)")
+    p.add_argument("--analysis-every", type=int, metavar="N",
+                   help="run --analysis every N epochs (default: each analysis' own period)")
     p.add_argument("--deterministic", action="store_true", help="TensorFlow op determinism")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output")
     p.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"), help="Keras progress")

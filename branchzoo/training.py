@@ -161,7 +161,7 @@ def resolve_run_config(
     steps_per_epoch=None,
     jit_compile="auto",
     analysis=None,
-    analysis_every=1,
+    analysis_every=None,
     dataset_options=None,
 ):
     """The full run config: the zoo entry's recipe with the given overrides.
@@ -218,7 +218,8 @@ def resolve_run_config(
         "steps_per_epoch": steps_per_epoch,
         "jit_compile": jit_compile,
         "analysis": analysis or None,
-        "analysis_every": check_int(analysis_every, "analysis_every", minimum=1),
+        "analysis_every": (None if analysis_every is None
+                           else check_int(analysis_every, "analysis_every", minimum=1)),
         "output": output,
         "logdir": logdir or os.path.join(output, "logs"),
         "export": export,

@@ -427,3 +427,12 @@ def test_classification_task_refuses_data_that_is_not_labelled_images(test_zoo):
     with pytest.raises(ValueError, match="kind 'synthetic'"):
         training.prepare(run)
     assert not (test_zoo / "run").exists()
+
+
+def test_train_logs_named_analyses_to_tensorboard(test_zoo):
+    from test_train import scalar_tags
+
+    run = _run("two_phase", test_zoo / "run", epochs=2, analysis="test_mean_output", analysis_every=1)
+    training.train(run, verbose=0)
+    tags, _ = scalar_tags(str(test_zoo / "run" / "logs" / "analysis"))
+    assert "test_mean_output/mean_output" in tags
