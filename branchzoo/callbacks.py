@@ -243,10 +243,13 @@ class AnalysisCallback(keras.callbacks.Callback):
 
             from branchzoo.analysis.extraction import as_arrays
 
-            def draw(source, limit, offset):
+            def draw(source, limit, offset, batch=128):
                 if source is None or limit is None:
                     return source
-                return as_arrays(source, limit, self.data.seed + offset)
+                x, y = as_arrays(source, limit, self.data.seed + offset)
+                # A list of batches: the form AnalysisData documents, which every
+                # analysis reads (the arrays are drawn once, reused every period).
+                return [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
 
             self._prepared = dataclasses.replace(
                 self.data,
