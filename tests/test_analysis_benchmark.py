@@ -19,7 +19,7 @@ def _tables(stdout):
 def test_analysis_benchmark_prints_four_tables():
     proc = run_cli("benchmarks/analysis.py", "--cka-n", "200", "--cka-d", "16", "--epoch-examples", "32",
                    "--probe-train", "32", "--probe-test", "16", "--batch-size", "16", "--image-size", "16",
-                   "--analyses", "saturation,probes", "--model-kwargs", "widths=[4,4,4,4]")
+                   "--analyses", "saturation,cka", "--model-kwargs", "widths=[4,4,4,4]")
     cka, saturation, probes, callback = _tables(proc.stdout)
     assert [r[0] for r in cka][2:] == ["cka linear", "cka linear, debiased", "CKAAccumulator linear, batches of 1000"]
     gram_nn = float(cka[0][1])
@@ -29,8 +29,8 @@ def test_analysis_benchmark_prints_four_tables():
     assert [r[0] for r in saturation] == ["model inference only",
                                            "layer_saturation (extraction + covariance + eigen)"]
     assert [r[0] for r in probes] == ["extract", "fit", "total"]
-    assert [r[0] for r in callback] == ["saturation", "probes"]
-    assert [int(r[1]) for r in callback] == [1, 10]  # the analyses' default periods
+    assert [r[0] for r in callback] == ["saturation", "cka"]
+    assert [int(r[1]) for r in callback] == [1, 5]  # the analyses' default periods
     assert all(r[3].endswith("%") for r in callback)
 
 

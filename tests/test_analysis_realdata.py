@@ -13,6 +13,7 @@ FIGURES = ["probes-accuracy.png", "probes-with-saturation.png", "saturation-laye
            "cka-output.png", "cka-heatmap.png", "gradients-flow.png"]
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.skipif(not HAS_CIFAR, reason="needs BRANCHZOO_DATA_DIR holding cifar10-jpeg.tar.gz")
 def test_mpnet_report_on_real_cifar10(tmp_path):

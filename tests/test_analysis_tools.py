@@ -191,14 +191,13 @@ def test_cka_with_output_is_cka_of_pooled_features_and_logits():
 
 
 def test_every_analysis_runs_on_an_mpnet_and_a_model_without_pathways(tmp_path):
-    names = ["probes", "saturation", "cka", "gradients"]
     for model in (tiny_mpnet(), resnet([1, 1], [4, 4], stem="cifar", input_shape=(16, 16, 3))):
-        train, test = random_arrays(48, seed=1), random_arrays(32, seed=2)
+        # the layer-generic parts once per kind of model; saturation and gradients on the MPNet
+        names = ["probes", "cka"] + (["saturation", "gradients"] if model.name.startswith("mpnet") else [])
+        train, test = random_arrays(32, seed=1), random_arrays(24, seed=2)
         results = run_analyses(names, model, AnalysisData(train=train, test=test, num_classes=10))
         layers = [i.name for i in analysis_layers(model)]
-        assert results["probes"].numbers["layers"] == layers
-        assert results["saturation"].numbers["layers"] == layers
-        assert results["cka"].numbers["layers"] == layers
+        assert all(results[n].numbers["layers"] == layers for n in names if n != "gradients")
         assert all(isinstance(f, Figure) for r in results.values() for f in r.figures.values())
         folder = tmp_path / model.name
         written = write_report(str(folder), results)
