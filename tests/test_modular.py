@@ -7,6 +7,7 @@ built plain Keras modules, or from hand counts. After 004_226906bbadadb648.txt.
 
 import json
 import math
+import os
 
 import keras
 import numpy as np
@@ -17,7 +18,7 @@ import branchzoo
 from branchzoo import losses
 from branchzoo.layers import ModularLossEnsemble
 from branchzoo.layers.ensemble import normalize_active_modules, normalize_module
-from branchzoo.models.modular import (ensemble_layer, modular_cnn, modular_densenet_bc, modular_mlp,
+from branchzoo.models.modular import (config_title, ensemble_layer, modular_cnn, modular_densenet_bc, modular_mlp,
                                       modular_title, sub_ensemble)
 
 RNG = np.random.default_rng(11)
@@ -450,6 +451,7 @@ def test_paper_mlp_parameter_counts(M, H, expected):
     model = modular_mlp(M, H)
     assert model.count_params() == expected
     assert modular_title(model) == f"{M}-M-{H}-H"
+    assert config_title("modular_mlp", {"num_modules": M, "hidden_units": H}) == f"{M}-M-{H}-H"
 
 
 def test_table3_cnn_parameter_count():
@@ -463,7 +465,7 @@ def test_table3_cnn_parameter_count():
     assert model.count_params() == 10 * per_module == 2_790_500  # "~2.8M" (Table 3)
     layer = ensemble_layer(model)
     assert [c.compute_output_shape((None, 32, 32, 3))[1] for c in layer.convs[:1]] == [30]
-    assert modular_title(model) == "10 x CNN(32-64-64-128-128)"
+    assert modular_title(model) == "10 x CNN(32-64-64-128-128)" == config_title("modular_cnn", {})
 
 
 def densenet_bc_count(depth, k, M, K=100, compression=0.5):
@@ -495,6 +497,9 @@ def test_small_densenet_builds_to_the_hand_count():
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     assert trainable == densenet_bc_count(16, 4, 3, K=7)
     assert modular_title(model) == "DN-16-4-3"
+    assert [config_title("modular_densenet_bc", branchzoo.model_card(n)["config"]) for n in
+            ("modular_dn100_12x4_cifar100", "modular_dn82_8x8_cifar100", "modular_dn64_6x16_cifar100")] == [
+        "DN-100-12-4", "DN-82-8-8", "DN-64-6-16"]
 
 
 @pytest.mark.slow
@@ -555,3 +560,51 @@ def test_compiled_model_keras_file_round_trip(tmp_path):
         model.evaluate(x, y, return_dict=True, verbose=0)["loss"], rel=1e-5)
     sub = sub_ensemble(loaded, [1])
     assert sub.predict(x, verbose=0).shape == (4, 1, 3)
+
+
+# --- real data (opt-in) ------------------------------------------------------------
+
+REAL_DATA = os.environ.get("BRANCHZOO_DATA_DIR")
+HAS_MNIST = bool(REAL_DATA and os.path.isdir(os.path.join(REAL_DATA, "mnist")))
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not HAS_MNIST, reason="needs BRANCHZOO_DATA_DIR holding mnist/")
+def test_recipe_of_256x4_learns_mnist():
+    from branchzoo import data
+
+    card = branchzoo.model_card("modular_mlp_256x4")
+    recipe = card["recipe"]
+    keras.utils.set_random_seed(0)
+    model = branchzoo.build("modular_mlp_256x4")
+    model.compile(keras.optimizers.SGD(recipe["lr"], momentum=recipe["momentum"]),
+                  loss=keras.saving.deserialize_keras_object(recipe["loss"]),
+                  metrics=[keras.saving.deserialize_keras_object(m) for m in recipe["metrics"]])
+    train = data.load_dataset("mnist", "train", recipe["batch_size"], augment=False, data_dir=REAL_DATA, seed=0,
+                              steps_per_epoch=150)
+    test = data.load_dataset("mnist", "test", 1000, data_dir=REAL_DATA)
+    model.fit(train, epochs=1, verbose=0, shuffle=False)
+    results = model.evaluate(test, return_dict=True, verbose=0)
+    assert results["top1"] > 0.85  # chance is 0.1; 150 steps of the recipe
+    assert results["member_error"] > 1 - results["top1"]  # the ensemble beats its average member
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.skipif(not HAS_MNIST, reason="needs BRANCHZOO_DATA_DIR holding mnist/")
+def test_replication_script_runs(tmp_path):
+    from conftest import REPO
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "experiments", "modular_mnist.py"), "--data-dir", REAL_DATA,
+         "--modules", "16", "--lambdas", "0,1", "--epochs", "2", "--patience", "1", "--train-examples", "2000",
+         "--output", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "out" / "modular_mnist.json") as f:
+        result = json.load(f)
+    assert [r["model"] for r in result["rows"]] == ["1-M-1024-H", "16-M-64-H", "16-M-64-H"]
+    assert all(0 < r["test_error"] < 0.5 for r in result["rows"])
+    assert (tmp_path / "out" / "modular_mnist_dropping.png").exists()

@@ -16,6 +16,8 @@ read the ensemble's prediction as the mean over axis 1.
   DN-100-12-4, DN-82-8-8, DN-64-6-16 on CIFAR-100.
 """
 
+import inspect
+
 import keras
 
 from branchzoo._validation import check_int
@@ -160,6 +162,29 @@ def modular_title(layer_or_model):
     if spec["type"] == "cnn":
         return f"{M} x CNN({'-'.join(str(f) for f in spec['filters'])})"
     return f"DN-{spec['depth']}-{spec['growth_rate']}-{M}"
+
+
+def config_title(builder, config):
+    """`modular_title` from a zoo entry's builder name and config, without building the model.
+
+    Example:
+
+    >>> config_title("modular_densenet_bc", {"depth": 64, "growth_rate": 6, "num_modules": 16})
+    'DN-64-6-16'
+    """
+    defaults = {"modular_mlp": modular_mlp, "modular_cnn": modular_cnn, "modular_densenet_bc": modular_densenet_bc}
+    if builder not in defaults:
+        raise ValueError(f"`builder` must be one of {sorted(defaults)}. Received: builder={builder!r}")
+    args = {k: p.default for k, p in inspect.signature(defaults[builder]).parameters.items()}
+    args.update(config)
+    M = args["num_modules"]
+    if builder == "modular_mlp":
+        units = args["hidden_units"]
+        units = [units] if isinstance(units, int) else units
+        return f"{M}-M-{'-'.join(str(h) for h in units)}-H"
+    if builder == "modular_cnn":
+        return f"{M} x CNN({'-'.join(str(f) for f in args['filters'])})"
+    return f"DN-{args['depth']}-{args['growth_rate']}-{M}"
 
 
 def ensemble_layer(model):
