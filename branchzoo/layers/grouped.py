@@ -371,7 +371,7 @@ def _per_module_initializer(initializer, num_modules):
 
 @keras.saving.register_keras_serializable(package="branchzoo")
 class BatchedDense(keras.layers.Layer):
-    """``M`` independent dense layers evaluated as one einsum.
+    """``M`` independent dense layers evaluated as one batched matmul.
 
     Module ``m`` maps ``inputs[..., m, :]`` to ``outputs[..., m, :]`` with its
     own ``kernel[m]`` (``in x units``) and ``bias[m]``: the modular MLP
