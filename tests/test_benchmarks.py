@@ -111,3 +111,15 @@ def test_benchmark_arguments_are_checked(script, flag):
     proc = run_cli(script, flag, "0", check=False)
     assert proc.returncode == 2
     assert flag in proc.stderr and "positive integer" in proc.stderr and "'0'" in proc.stderr
+
+
+def test_modular_ensemble_prints_the_three_implementations():
+    proc = run_cli("benchmarks/modular_ensemble.py", "--modules", "4", "--hidden", "2", "--batch-size", "8",
+                   "--rounds", "1", "--block", "2", "--warmup", "1")
+    rows = table_rows(proc.stdout)
+    assert [row[0] for row in rows] == ["1-M-8-H", "4-M-2-H", "4 separate branches"]
+    assert [int(row[2].replace(",", "")) for row in rows] == [6370, 6400, 6400]  # 784*8+8+8*10+10; 4*(784*2+2+2*10+10)
+    medians = [float(row[3]) for row in rows]
+    assert all(m > 0 for m in medians)
+    assert_ratio_of_rounded(rows[1][5], medians[1], medians[0])
+    assert "separate branches reproduce the batched outputs" in proc.stdout

@@ -15,6 +15,12 @@ SAMPLES = {
     "MultiPathBlock": (lambda: bzl.MultiPathBlock(4, [[1, 3], [2, 5]], strides=2), (8, 8, 3)),
     "GroupedConv2D": (lambda: bzl.GroupedConv2D(8, 3, padding="same", groups=4), (8, 8, 8)),
     "BatchedDense": (lambda: bzl.BatchedDense(4, activation="relu"), (3, 5)),
+    # the DenseNet-BC module: grouped convs, BN and the per-module concatenation (MLP/CNN in test_modular.py)
+    "ModularLossEnsemble": (
+        lambda: bzl.ModularLossEnsemble(3, 4, module={"type": "densenet_bc", "depth": 10, "growth_rate": 2},
+                                        active_modules=[0, 2]),
+        (8, 8, 3),
+    ),
 }
 
 

@@ -61,7 +61,8 @@ def test_list_models_patterns():
     assert names == sorted(names)
     assert all(n.startswith("mpnet4") for n in branchzoo.list_models("mpnet4*"))
     assert set(branchzoo.list_models("mpnet*cifar10")) == {"mpnet2_2x3_2x7_cifar10", "mpnet2_1x3_2x7_cifar10"}
-    assert {"vgg16_cifar10", "resnet34_cifar10", "densenet18_cifar10"} <= set(branchzoo.list_models("*cifar10"))
+    assert {"vgg16_cifar10", "resnet34_cifar10", "densenet18_cifar10",
+            "modular_cnn_cifar10"} <= set(branchzoo.list_models("*cifar10"))
     pretrained = branchzoo.list_models(pretrained=True)
     assert "mpnet_tiny_digits" in pretrained  # published in zoo_models/
     assert all(branchzoo.model_card(n)["weights"] for n in pretrained)

@@ -13,6 +13,7 @@ through `branchzoo.analysis.registry`.
     1.0
 """
 
+from branchzoo.analysis import modular  # noqa: F401  (registers robustness, specialists, entropy, confusion, dominance)
 from branchzoo.analysis.features import feature_model, feature_names
 from branchzoo.analysis.cka import (
     CKAAccumulator, center_gram, cka, cka_from_grams, cka_matrix, cka_with_output, gram_linear, gram_rbf,

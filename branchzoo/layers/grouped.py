@@ -371,7 +371,7 @@ def _per_module_initializer(initializer, num_modules):
 
 @keras.saving.register_keras_serializable(package="branchzoo")
 class BatchedDense(keras.layers.Layer):
-    """``M`` independent dense layers evaluated as one einsum.
+    """``M`` independent dense layers evaluated as one batched matmul.
 
     Module ``m`` maps ``inputs[..., m, :]`` to ``outputs[..., m, :]`` with its
     own ``kernel[m]`` (``in x units``) and ``bias[m]``: the modular MLP
@@ -465,7 +465,13 @@ class BatchedDense(keras.layers.Layer):
             self.bias = None
 
     def call(self, inputs):
-        outputs = ops.einsum("...mi,mio->...mo", inputs, self.kernel)
+        # One batched matmul over the modules ([M, N, in] x [M, in, out]): TensorFlow's einsum
+        # "...mi,mio->...mo" took 3x as long for 256 modules of 4 -> 10 units (forward + gradients).
+        modules, features = self.kernel.shape[0], self.kernel.shape[1]
+        x = ops.transpose(ops.reshape(inputs, (-1, modules, features)), (1, 0, 2))
+        outputs = ops.transpose(ops.matmul(x, self.kernel), (1, 0, 2))
+        if len(inputs.shape) != 3:
+            outputs = ops.reshape(outputs, tuple(ops.shape(inputs)[:-1]) + (self.units,))
         if self.bias is not None:
             outputs = outputs + self.bias
         if self.activation is not None:
