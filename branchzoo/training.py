@@ -192,6 +192,8 @@ def resolve_run_config(
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"`lr` must be a positive finite number. Received: lr={lr!r}")
     _check_strategy(strategy)
+    if augment is None and recipe.get("augment") is False:  # the recipe trains without augmentation
+        augment = False
     if jit_compile not in JIT_COMPILE:
         raise ValueError(f"`jit_compile` must be one of {JIT_COMPILE}. Received: jit_compile={jit_compile!r}")
     if analysis:

@@ -436,3 +436,11 @@ def test_train_logs_named_analyses_to_tensorboard(test_zoo):
     training.train(run, verbose=0)
     tags, _ = scalar_tags(str(test_zoo / "run" / "logs" / "analysis"))
     assert "test_mean_output/mean_output" in tags
+
+
+def test_recipe_without_augmentation_trains_without_it(monkeypatch):
+    monkeypatch.delenv("BRANCHZOO_ZOO_DIR", raising=False)
+    zoo.clear_cache()
+    assert zoo.get_entry("modular_mlp_256x4")["recipe"]["augment"] is False
+    assert training.resolve_run_config("modular_mlp_256x4")["augment"] is False
+    assert training.resolve_run_config("mpnet")["augment"] is None  # the dataset's default (pad-crop)

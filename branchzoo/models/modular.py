@@ -35,7 +35,8 @@ def _ensemble_model(layer, input_shape, name):
     return keras.Model(inputs, layer(inputs), name=name)
 
 
-@register_builder("modular_mlp", family="modular", paper=PAPER)
+@register_builder("modular_mlp", family="modular", paper=PAPER,
+                  title=lambda config: config_title("modular_mlp", config))
 def modular_mlp(num_modules, hidden_units, num_classes=10, input_shape=(28, 28, 1), activation="relu",
                 active_modules=None, name=None):
     """Builds an ensemble of ``num_modules`` MLPs, the paper's ``M-M-H-H`` configurations.
@@ -72,7 +73,8 @@ def modular_mlp(num_modules, hidden_units, num_classes=10, input_shape=(28, 28, 
     return _ensemble_model(layer, input_shape, name or f"modular_mlp_{num_modules}x{units}")
 
 
-@register_builder("modular_cnn", family="modular", paper=PAPER)
+@register_builder("modular_cnn", family="modular", paper=PAPER,
+                  title=lambda config: config_title("modular_cnn", config))
 def modular_cnn(num_modules=10, filters=(32, 64, 64, 128, 128), strides=(1, 2, 1, 2, 1), kernel_size=3,
                 padding="valid", num_classes=10, input_shape=(32, 32, 3), active_modules=None, name=None):
     """Builds an ensemble of ``num_modules`` small VGG-style CNNs (Table 3).
@@ -112,7 +114,8 @@ def modular_cnn(num_modules=10, filters=(32, 64, 64, 128, 128), strides=(1, 2, 1
     return _ensemble_model(layer, input_shape, name or f"modular_cnn_{num_modules}")
 
 
-@register_builder("modular_densenet_bc", family="modular", paper=PAPER)
+@register_builder("modular_densenet_bc", family="modular", paper=PAPER,
+                  title=lambda config: config_title("modular_densenet_bc", config))
 def modular_densenet_bc(depth=100, growth_rate=12, num_modules=4, compression=0.5, num_classes=100,
                         input_shape=(32, 32, 3), bn_momentum=0.9, bn_epsilon=1e-5, active_modules=None, name=None):
     """Builds an ensemble of ``num_modules`` DenseNet-BC networks, DN-depth-k-M (Table 4).
