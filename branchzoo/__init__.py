@@ -11,6 +11,7 @@
 __version__ = "0.1.0"
 
 from branchzoo import layers  # noqa: F401  (registers the serialisable layers)
+from branchzoo import losses  # noqa: F401  (registers the losses and metrics recipes name)
 from branchzoo import models  # noqa: F401  (registers the model builders)
 from branchzoo.zoo import build, list_models, load, model_card  # noqa: F401
 

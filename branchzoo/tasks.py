@@ -234,6 +234,8 @@ def deserialize(obj, what):
     import branchzoo  # noqa: F401  (registers branchzoo's serialisable objects)
 
     try:
+        if isinstance(obj, dict):
+            return keras.saving.deserialize_keras_object(obj)
         if what == "loss":
             return keras.losses.get(obj)
         return keras.metrics.get(obj)
