@@ -20,10 +20,10 @@ except:
   absl is initialised), with absl's "All log messages before
   absl::InitializeLog()" preamble and the second line of the
   cpu_feature_guard message, when the level is 1 or more;
-- the cuInit / "Could not find cuda drivers" lines, only where no GPU device
-  node exists (``/dev/nvidia*``, ``/dev/dxg``) and the level is 1 or more:
-  there they say that there is no GPU. With a GPU device node they are real
-  errors and stay.
+- the ERROR-level ``failed call to cuInit`` line (and "Could not find cuda
+  drivers"), only where no GPU device node exists (``/dev/nvidia*``,
+  ``/dev/dxg``) and the level is 1 or more: there it only says that there is
+  no GPU. With a GPU device node a cuInit failure is a real error and stays.
 
 Everything else (warnings, errors, tracebacks, other libraries' output)
 reaches stderr unchanged, once the import has returned or failed.

@@ -363,12 +363,14 @@ _NO_ONEDNN_SCRIPT = textwrap.dedent(
     sys.path[:0] = [{tests!r}, {repo!r}]
     import test_grouped as t
     print("checked", t._check_equivalence(t.CHANNELS_FIRST_GRID, data_format="channels_first"))
+    print("checked", t._check_equivalence([(3, 1, "same", 8), (3, 2, "same", 32)]))
     """
 )
 
 
-def test_channels_first_without_onednn(tmp_path):
+def test_every_route_trains_without_onednn(tmp_path):
     # What a CPU without AVX-512 gets (issue 9): TensorFlow without oneDNN, whose CPU Conv2D has no NCHW
+    # and no gradient for grouped kernels; every route, "auto" included, must still train
     here = os.path.dirname(os.path.abspath(__file__))
     script = _NO_ONEDNN_SCRIPT.format(tests=here, repo=os.path.dirname(here))
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_ENABLE_ONEDNN_OPTS="0", TF_CPP_MIN_LOG_LEVEL="3")
@@ -376,7 +378,8 @@ def test_channels_first_without_onednn(tmp_path):
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path)
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    assert "checked 18" in result.stdout
+    # channels_first: 18 (test_channels_first); channels_last: 5 + 6 routes (depthwise for groups=32=channels)
+    assert result.stdout.split() == ["checked", "18", "checked", "11"], result.stdout
 
 
 @pytest.mark.parametrize(

@@ -143,12 +143,13 @@ def test_cli_stderr_has_the_error_and_no_startup_noise(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
     assert not [line for line in lines if any(mark in line for mark in NOISE_MARKS)], proc.stderr
-    assert len(lines) == 1 and "checkpoint" in lines[0] and str(missing) in lines[0], proc.stderr
+    assert any("checkpoint" in line and str(missing) in line for line in lines), proc.stderr  # the real error
+    assert "Traceback" not in proc.stderr
 
 
 def test_publish_module_has_no_startup_noise():
     # `python -m branchzoo.publish` imports TensorFlow through branchzoo/__init__.py before its own first line
     proc = _run_quietly(["-m", "branchzoo.publish", "--help"])
     assert proc.returncode == 0, proc.stderr
-    assert "tensorflow" in proc.stdout.lower() or "usage" in proc.stdout
+    assert proc.stdout.startswith("usage:")
     assert proc.stderr == ""
