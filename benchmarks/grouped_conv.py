@@ -18,7 +18,11 @@ Keras' trainers do on CPU: ``tf.function`` without XLA on TensorFlow,
   (oneDNN's grouped primitive in graph mode). ``keras.ops`` cannot reach it
   (Keras compiles every grouped convolution with XLA), so GroupedConv2D does
   not use it; the column shows what the best grouped kernel TensorFlow has
-  achieves on these shapes.
+  achieves on these shapes. Its CPU gradients exist only in TensorFlow's
+  oneDNN kernels (not on CPUs without AVX-512, nor with
+  ``TF_ENABLE_ONEDNN_OPTS=0``): the script probes once whether it trains
+  here and otherwise prints ``n/a (no CPU gradient for grouped conv here)``
+  in that column (``$BRANCHZOO_TF_GROUPED_GRAD=0|1`` forces the answer).
 
 The methods are timed round-robin (per round and method: one untimed step,
 which wakes that method's thread pool while the previous one's spins down,
@@ -45,6 +49,7 @@ import sys
 import time
 
 from _args import non_negative_int, positive_int  # benchmarks/_args.py (the script's folder is on sys.path)
+from _probes import NOT_AVAILABLE, WHY_NOT, tf_grouped_conv_trains
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -95,6 +100,8 @@ def parse_args(argv=None):
                    help="fraction of the CPUs other processes may use while a shape is timed; "
                         "above it the shape is timed again (Linux /proc only)")
     p.add_argument("--retries", type=non_negative_int, default=2, help="re-timings of a shape disturbed by other load")
+    p.add_argument("--matmul-size", type=positive_int, default=2048,
+                   help="n of the n^3 float32 matmuls (best of 10) that measure the GFLOP/s ceiling")
     p.add_argument("--no-keras-grouped", action="store_true", help="skip Keras Conv2D(groups)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     p.add_argument("--no-tf-grouped", action="store_true",
@@ -126,7 +133,7 @@ def main(argv=None):
     extra_routes = [r for r in args.extra_routes.split(",") if r]
 
     wait_for_idle(args.max_other_load)
-    ceiling = backend.matmul_ceiling()
+    ceiling = backend.matmul_ceiling(args.matmul_size)
     print(f"# {time.strftime('%Y-%m-%d')}, keras {keras.__version__} ({backend.name} {backend.version})"
           + (f", torch {torch.version}" if torch else "")
           + f", python {platform.python_version()}, {platform.processor() or platform.machine()}, "
@@ -134,8 +141,11 @@ def main(argv=None):
           + (f" (TF intra-op {args.tf_intra_op_threads})" if args.tf_intra_op_threads else "")
           + (f" (TF inter-op {args.tf_inter_op_threads})" if args.tf_inter_op_threads else "")
           + f", matmul ceiling {ceiling:.0f} GFLOP/s "
-          f"({backend.name} 2048^3 fp32 matmul)", flush=True)
+          f"({backend.name} {args.matmul_size}^3 fp32 matmul)", flush=True)
     tf_col = backend.name == "tensorflow" and not args.no_tf_grouped
+    tf_grouped_trains = tf_col and tf_grouped_conv_trains()
+    if tf_col and not tf_grouped_trains:
+        print(f"# tf.nn.conv2d(groups): {NOT_AVAILABLE} ({WHY_NOT})", flush=True)
     print(table_head(ceiling, extra_routes, tf_col), flush=True)
 
     rows = []
@@ -155,7 +165,7 @@ def main(argv=None):
             layer = GroupedConv2D(cout, k, groups=groups, implementation=implementation,
                                   groups_per_conv=int(per_conv) if per_conv else None, **conv_args)
             methods[route] = backend.train_step(layer, x_np, cap=args.keras_cap)
-        if tf_col:
+        if tf_grouped_trains:
             methods["tf_grouped"] = backend.tf_grouped_step(gc, x_np)
         if torch is not None:
             torch.setup(batch, hw, cin, cout, groups, k, stride, padding)
@@ -483,7 +493,8 @@ def format_row(r):
              ratio_t, f"{r['grouped'] / r['dense']:.2f}", f"{r['gflops']:.0f}", f"{r['pct']:.0f}%", load]
     if r["tf_col"]:
         tf_ms = r.get("tf_grouped")
-        cells += [_ms(tf_ms), "-" if torch_ms is None or tf_ms is None else f"{tf_ms / torch_ms:.2f}"]
+        cells += [NOT_AVAILABLE if tf_ms is None else _ms(tf_ms),
+                  "-" if torch_ms is None or tf_ms is None else f"{tf_ms / torch_ms:.2f}"]
     cells += [_ms(v) for v in r["extra"].values()]
     return "| " + " | ".join(str(c) for c in cells) + " |"
 

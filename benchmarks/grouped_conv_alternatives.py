@@ -7,14 +7,19 @@ ResNeXt-29 8x8d shapes, where ``GroupedConv2D``'s ``"split"`` route does not
 (benchmarks/README.md)? Each route is written with plain TensorFlow ops that
 have a one-to-one ``keras.ops`` counterpart (``tf.nn.conv2d`` with a grouped
 kernel excepted: it is the reference of what TensorFlow's own grouped kernel
-does), checked against ``tf.nn.conv2d`` (outputs and both gradients, 1e-5
-relative) and timed as one training step (forward, gradients w.r.t. input and
+does), checked against a dense ``tf.nn.conv2d`` with the block-diagonal kernel
+(outputs and both gradients, 1e-5 relative; it trains on every CPU) and timed
+as one training step (forward, gradients w.r.t. input and
 kernel, ``tf.function`` without XLA, loss ``mean(y * y)``), round-robin, with
 the median of ``--repeats`` rounds of ``--block`` steps:
 
 - ``split``: ``GroupedConv2D(implementation="auto")`` (what the layer does),
 - ``tf_grouped``: ``tf.nn.conv2d`` with the grouped kernel (oneDNN's grouped
-  primitive in graph mode; not reachable through ``keras.ops``),
+  primitive in graph mode; not reachable through ``keras.ops``). Its CPU
+  gradients exist only with oneDNN (not on CPUs without AVX-512, nor with
+  ``TF_ENABLE_ONEDNN_OPTS=0``): probed once, and where it does not train its
+  cells read ``n/a (no CPU gradient for grouped conv here)``
+  (``$BRANCHZOO_TF_GROUPED_GRAD=0|1`` forces the answer),
 - ``winograd``: Winograd F(2x2, 3x3) (stride 1, "same", even sizes): tiles
   gathered with 16 slices of a phase-transposed input, the input, kernel and
   output transforms and the per-(group, tile element) products as batched
@@ -40,6 +45,7 @@ import sys
 import time
 
 from _args import positive_int  # benchmarks/_args.py (the script's folder is on sys.path)
+from _probes import NOT_AVAILABLE, WHY_NOT, tf_grouped_conv_trains
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["KERAS_BACKEND"] = "tensorflow"
@@ -128,6 +134,16 @@ def split_conv(tf, x, kernel, groups, strides):
     return tf.concat([tf.nn.conv2d(a, b, strides, "SAME") for a, b in zip(xs, ks)], axis=-1)
 
 
+def block_diagonal_conv(tf, x, kernel, groups, strides):
+    """The reference: one dense convolution whose kernel is zero off the groups' diagonal blocks."""
+    import numpy as np
+
+    ci, cout = kernel.shape[2], kernel.shape[3]
+    mask = np.kron(np.eye(groups, dtype="float32"), np.ones((ci, cout // groups), "float32"))  # (G*ci, cout)
+    dense = tf.tile(kernel, (1, 1, groups, 1)) * mask  # the kernel gradient flows back to the grouped kernel
+    return tf.nn.conv2d(x, dense, strides, "SAME")
+
+
 def space_to_depth_conv(tf, x, kernel, groups):
     """Grouped 3x3 stride-2 "same" convolution as a stride-1 2x2 one on 2x2 blocks moved to channels."""
     n, h, w, c = x.shape
@@ -168,6 +184,9 @@ def main(argv=None):
         raise SystemExit(f"No shape matches --shapes={args.shapes!r}; names: {[s[0] for s in SHAPES]}")
     print(f"# {time.strftime('%Y-%m-%d')}, tensorflow {tf.__version__}, {os.cpu_count()} CPUs, "
           f"{args.threads} intra-op threads; training step (forward + input and kernel gradients), median ms")
+    tf_grouped_trains = tf_grouped_conv_trains()
+    if not tf_grouped_trains:
+        print(f"# tf_grouped: {NOT_AVAILABLE} ({WHY_NOT})")
     head = ["shape", "C g k stride HxW", "batch"] + [f"{r} ms" for r in ROUTES] + [f"{r} / split" for r in ROUTES[1:]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     print("\n".join(lines), flush=True)
@@ -179,10 +198,9 @@ def main(argv=None):
         layer.build(x.shape)
         kernel = tf.Variable(layer.kernel.numpy())
 
-        forwards = {
-            "split": lambda: layer(x),
-            "tf_grouped": lambda: tf.nn.conv2d(x, kernel, stride, "SAME"),
-        }
+        forwards = {"split": lambda: layer(x)}
+        if tf_grouped_trains:
+            forwards["tf_grouped"] = lambda: tf.nn.conv2d(x, kernel, stride, "SAME")
         if stride == 1 and hw % 2 == 0:
             forwards["winograd"] = lambda: winograd_conv(tf, x, kernel, groups)
         if stride == 2 and hw % 2 == 0:
@@ -190,14 +208,16 @@ def main(argv=None):
 
         steps = {route: _train_step(tf, forward, [x] + (layer.trainable_variables if route == "split" else [kernel]))
                  for route, forward in forwards.items()}
-        reference = [t.numpy() for t in steps["tf_grouped"]()]
+        reference = [t.numpy() for t in _train_step(
+            tf, lambda: block_diagonal_conv(tf, x, kernel, groups, stride), [x, kernel])()]
         for route, step in steps.items():
             for what, ref, got in zip(("output", "input grad", "kernel grad"), reference, step()):
                 if got is None:
                     raise SystemExit(f"{name}: route {route} gave no {what}")
                 err = float(np.max(np.abs(ref - got.numpy())) / np.max(np.abs(ref)))
                 if err > RTOL or not np.isfinite(err):
-                    raise SystemExit(f"{name}: route {route} {what} differs from tf.nn.conv2d: {err:.2e}")
+                    raise SystemExit(f"{name}: route {route} {what} differs from the block-diagonal "
+                                     f"dense convolution: {err:.2e}")
 
         times = {r: [] for r in steps}
         for _ in range(args.repeats):
@@ -209,7 +229,8 @@ def main(argv=None):
                     times[route].append(time.perf_counter() - t0)
         med = {r: 1000 * statistics.median(v) for r, v in times.items()}
         cells = [name, f"{channels} g{groups} k3 s{stride} {hw}x{hw}", batch]
-        cells += [f"{med[r]:.1f}" if r in med else "-" for r in ROUTES]
+        missing = {r: NOT_AVAILABLE if r == "tf_grouped" else "-" for r in ROUTES}
+        cells += [f"{med[r]:.1f}" if r in med else missing[r] for r in ROUTES]
         cells += [f"{med[r] / med['split']:.2f}" if r in med else "-" for r in ROUTES[1:]]
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
 

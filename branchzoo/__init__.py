@@ -10,6 +10,10 @@
 
 __version__ = "0.1.0"
 
+from branchzoo import _tfenv  # noqa: E402
+
+_tfenv.quiet_tensorflow_startup()  # before the first import of TensorFlow (through keras, below)
+
 from branchzoo import layers  # noqa: F401  (registers the serialisable layers)
 from branchzoo import losses  # noqa: F401  (registers the losses and metrics recipes name)
 from branchzoo import models  # noqa: F401  (registers the model builders)

@@ -2,7 +2,9 @@
 
 Every test gets its own cache (BRANCHZOO_HOME) and no BRANCHZOO_DATA_DIR; the
 small datasets the readers see are written by the tests themselves. The
-`realdata` tests read BRANCHZOO_DATA_DIR as it was when pytest started.
+`realdata` tests read BRANCHZOO_DATA_DIR as it was when pytest started, and
+the session's cache (conftest.session_home), where the real datasets are
+decoded once per run.
 """
 
 import dataclasses
@@ -513,7 +515,8 @@ def test_natural_images_are_also_flipped(tmp_path):
 
 @pytest.mark.realdata
 @pytest.mark.skipif(not HAS_REAL_DATA, reason=NO_REAL_DATA)
-def test_real_mnist(monkeypatch):
+def test_real_mnist(monkeypatch, session_home):
+    monkeypatch.setenv("BRANCHZOO_HOME", session_home)  # decoded once per run (test_train reads it too)
     monkeypatch.setenv("BRANCHZOO_DATA_DIR", REAL_DATA_DIR)
     info = data.dataset_info("mnist")
     assert info.num_examples == {"train": 60000, "test": 10000}
@@ -526,7 +529,8 @@ def test_real_mnist(monkeypatch):
 
 @pytest.mark.realdata
 @pytest.mark.skipif(not HAS_REAL_DATA, reason=NO_REAL_DATA)
-def test_real_cifar10():
+def test_real_cifar10(monkeypatch, session_home):
+    monkeypatch.setenv("BRANCHZOO_HOME", session_home)  # decoded once per run (test_train reads it too)
     info = data.dataset_info("cifar10", data_dir=REAL_DATA_DIR)
     assert info.num_examples == {"train": 50000, "test": 10000}
     assert info.image_shape == (32, 32, 3) and info.num_classes == 10

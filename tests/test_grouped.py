@@ -86,17 +86,23 @@ def _check_equivalence(grid, cin=32, cout=64, data_format="channels_last", dilat
     """Compares every route with keras Conv2D(groups) on the same weights; returns the checked count."""
     rng = np.random.default_rng(0)
     checked = 0
+    # The reference is channels_last on transposed data: TensorFlow's CPU Conv2D has no NCHW
+    # without oneDNN (CPUs without AVX-512, TF_ENABLE_ONEDNN_OPTS=0), Keras' groups=1 Conv2D included.
+    to_last = (0, 2, 3, 1) if data_format == "channels_first" else (0, 1, 2, 3)
+    to_layer = tuple(np.argsort(to_last))
     for k, stride, padding, groups in grid:
         if dilation > 1 and stride > 1:
             continue
         shape = (2, spatial, spatial, cin) if data_format == "channels_last" else (2, cin, spatial, spatial)
         x = rng.standard_normal(shape).astype("float32")
-        kwargs = dict(strides=stride, padding=padding, data_format=data_format, dilation_rate=dilation)
-        ref = keras.layers.Conv2D(cout, k, groups=groups, **kwargs)
-        ref.build(shape)
+        kwargs = dict(strides=stride, padding=padding, dilation_rate=dilation)
+        ref = keras.layers.Conv2D(cout, k, groups=groups, data_format="channels_last", **kwargs)
+        ref.build((2, spatial, spatial, cin))
         weights = [rng.standard_normal(tuple(w.shape)).astype("float32") for w in ref.weights]
-        probe = rng.standard_normal(ref.compute_output_shape(shape)).astype("float32")
-        y_ref, g_ref = _outputs_and_grads(ref, weights, x, probe)
+        probe = rng.standard_normal(ref.compute_output_shape((2, spatial, spatial, cin))).astype("float32")
+        y_ref, g_ref = _outputs_and_grads(ref, weights, x.transpose(to_last), probe)
+        y_ref, g_ref[0], probe = y_ref.transpose(to_layer), g_ref[0].transpose(to_layer), probe.transpose(to_layer)
+        kwargs["data_format"] = data_format
         for implementation, per_conv in routes or _implementations(cin, groups):
             layer = GroupedConv2D(
                 cout, k, groups=groups, implementation=implementation, groups_per_conv=per_conv, **kwargs
@@ -155,8 +161,12 @@ def test_dilation():
     _check_equivalence([(3, 1, "same", 8), (3, 1, "valid", 32), (5, 1, "same", 2)], dilation=2, spatial=11)
 
 
+CHANNELS_FIRST_GRID = [(3, 1, "same", 8), (3, 2, "valid", 32), (1, 1, "same", 2), (3, 1, "same", 1)]
+
+
 def test_channels_first():
-    _check_equivalence([(3, 1, "same", 8), (3, 2, "valid", 32), (1, 1, "same", 2)], data_format="channels_first")
+    # routes per case (see _implementations): 5 + 6 (depthwise too) + 4 + 3 (groups=1: no merge)
+    assert _check_equivalence(CHANNELS_FIRST_GRID, data_format="channels_first") == 18
 
 
 def test_weights_move_between_conv2d_and_grouped_conv2d():
@@ -345,6 +355,31 @@ _OTHER_BACKEND_SCRIPT = textwrap.dedent(
     print("checked", n)
     """
 )
+
+
+_NO_ONEDNN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path[:0] = [{tests!r}, {repo!r}]
+    import test_grouped as t
+    print("checked", t._check_equivalence(t.CHANNELS_FIRST_GRID, data_format="channels_first"))
+    print("checked", t._check_equivalence([(3, 1, "same", 8), (3, 2, "same", 32)]))
+    """
+)
+
+
+def test_every_route_trains_without_onednn(tmp_path):
+    # What a CPU without AVX-512 gets (issue 9): TensorFlow without oneDNN, whose CPU Conv2D has no NCHW
+    # and no gradient for grouped kernels; every route, "auto" included, must still train
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = _NO_ONEDNN_SCRIPT.format(tests=here, repo=os.path.dirname(here))
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_ENABLE_ONEDNN_OPTS="0", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path)
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    # channels_first: 18 (test_channels_first); channels_last: 5 + 6 routes (depthwise for groups=32=channels)
+    assert result.stdout.split() == ["checked", "18", "checked", "11"], result.stdout
 
 
 @pytest.mark.parametrize(

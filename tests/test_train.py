@@ -13,7 +13,9 @@ import pytest
 
 from conftest import REPO
 
-TINY = ["--model-kwargs", "widths=[4,4,8,8]"]
+# A shallow tiny MPNet (one block of one conv per pathway and stage): a third of the default tiny
+# model's CPU time per run, for tests whose point is not the depth
+TINY = ["--model-kwargs", "widths=[4,4,8,8]", "pathways=[[1,3],[1,5]]", "blocks_per_stage=1"]
 
 
 def run_cli(script, *args, check=True, timeout=900, unset=()):

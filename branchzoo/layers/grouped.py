@@ -24,7 +24,8 @@ Routes (``implementation=``):
   groups are merged into one convolution with a block-diagonal kernel (zeros
   off the diagonal blocks, so the maths is unchanged): fewer, wider
   convolutions for tiny per-group widths, at ``groups_per_conv`` times the
-  multiply-adds. On TensorFlow these are oneDNN convolutions.
+  multiply-adds. On TensorFlow these are oneDNN convolutions where TensorFlow
+  runs oneDNN, Eigen ones elsewhere.
 - ``"depthwise"``: only when every group has one input channel
   (``groups == input channels``): ``keras.ops.depthwise_conv`` with
   multiplier ``filters / groups``.
@@ -46,11 +47,26 @@ Routes (``implementation=``):
   split too (groups of 8 channels);
 - any other backend: ``"native"``.
 
-These thresholds come from the measurements in benchmarks/README.md (2-core
-Intel Sapphire Rapids VM, TF 2.21 / JAX 0.10; rechecked on a 2-core AMD EPYC
-Zen 4 VM, where merging 16 -> 16 groups in pairs was again slower). The rule
-looks at the devices of the process, not at a surrounding ``tf.device``
-scope.
+These thresholds come from the measurements in benchmarks/README.md: the
+rule was set on a 2-core Intel Sapphire Rapids VM (TF 2.21 / JAX 0.10) and
+rechecked on a 2-core AMD EPYC Zen 4 VM (both with AVX-512, where TensorFlow
+runs oneDNN), where merging 16 -> 16 groups in pairs was again slower. The
+ratios to PyTorch move between CPUs (on a 2-core AMD EPYC without AVX-512,
+issue 9, GroupedConv2D / PyTorch read 1.68, 1.45 and 0.94 on three shapes
+where the Zen 4 VM read 0.62, 1.39 and 0.96); each table there names its
+machine. The rule looks at the devices of the process, not at a surrounding
+``tf.device`` scope.
+
+Every CPU trains every route. No route calls TensorFlow's own grouped
+kernel (``tf.nn.conv2d`` with a grouped kernel), whose CPU gradients exist
+only with oneDNN, which TensorFlow leaves off by default on CPUs without
+AVX-512 VNNI/BF16 or AMX (and with ``TF_ENABLE_ONEDNN_OPTS=0``): ``"split"`` runs groups=1 convolutions,
+``"depthwise"`` depthwise ones, and ``"native"`` goes through Keras, which
+compiles grouped convolutions with XLA on TensorFlow. TensorFlow's CPU
+``Conv2D`` has no NCHW without oneDNN either, so with
+``data_format="channels_first"`` a TensorFlow CPU-only process runs every
+route channels_last inside (one transpose in, one out; in a scratch run on
+the Sapphire Rapids VM this was also faster than oneDNN's own NCHW path).
 """
 
 import functools
@@ -76,6 +92,11 @@ def _has_accelerator(backend_name):
     except Exception:  # backends without a distribution API (torch): CPU
         return False
     return any(not str(d).lower().startswith("cpu") for d in devices)
+
+
+def _cpu_convolutions_need_nhwc(backend_name):
+    """True on a TensorFlow CPU-only process: there NCHW convolutions need oneDNN, which not every CPU gets."""
+    return backend_name == "tensorflow" and not _has_accelerator(backend_name)
 
 
 def choose_implementation(groups, in_channels, filters, backend=None, accelerator=None):
@@ -229,6 +250,7 @@ class GroupedConv2D(keras.layers.Conv2D):
         self._route = None
         self._route_groups_per_conv = None
         self._mask = None
+        self._nhwc_inside = False
 
     @property
     def _channel_axis(self):
@@ -268,6 +290,10 @@ class GroupedConv2D(keras.layers.Conv2D):
         self._route_groups_per_conv = merge if route == "split" else None
         if route == "split" and merge > 1:
             self._mask = _block_diagonal_mask(merge, in_channels // self.groups, self.filters // self.groups)
+        # TensorFlow's CPU Conv2D kernel has NCHW only with oneDNN (not on CPUs without
+        # AVX-512 or with TF_ENABLE_ONEDNN_OPTS=0): every route runs NHWC inside there.
+        backend = keras.config.backend()
+        self._nhwc_inside = self.data_format == "channels_first" and _cpu_convolutions_need_nhwc(backend)
 
     @property
     def resolved_implementation(self):
@@ -276,35 +302,41 @@ class GroupedConv2D(keras.layers.Conv2D):
             return f"split(groups_per_conv={self._route_groups_per_conv})"
         return self._route
 
-    def _conv(self, inputs, kernel):
+    def _conv(self, inputs, kernel, data_format):
         return ops.conv(
             inputs,
             kernel,
             strides=list(self.strides),
             padding=self.padding,
             dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
+            data_format=data_format,
         )
 
     def convolution_op(self, inputs, kernel):
+        if self._nhwc_inside:
+            outputs = self._route_op(ops.transpose(inputs, (0, 2, 3, 1)), kernel, "channels_last")
+            return ops.transpose(outputs, (0, 3, 1, 2))
+        return self._route_op(inputs, kernel, self.data_format)
+
+    def _route_op(self, inputs, kernel, data_format):
         if self._route == "split":
-            return self._split_conv(inputs, kernel)
+            return self._split_conv(inputs, kernel, data_format)
         if self._route == "depthwise":
             kh, kw = self.kernel_size
-            channels = inputs.shape[self._channel_axis]
+            channels = kernel.shape[2] * self.groups
             kernel = ops.reshape(kernel, (kh, kw, channels, self.filters // channels))
             return ops.depthwise_conv(
                 inputs,
                 kernel,
                 strides=self.strides,
                 padding=self.padding,
-                data_format=self.data_format,
+                data_format=data_format,
                 dilation_rate=self.dilation_rate,
             )
-        return self._conv(inputs, kernel)
+        return self._conv(inputs, kernel, data_format)
 
-    def _split_conv(self, inputs, kernel):
-        axis = self._channel_axis
+    def _split_conv(self, inputs, kernel, data_format):
+        axis = -1 if data_format == "channels_last" else 1
         num_convs = self.groups // self._route_groups_per_conv
         if num_convs == 1:
             xs, ks = [inputs], [kernel]
@@ -315,7 +347,7 @@ class GroupedConv2D(keras.layers.Conv2D):
             # (kh, kw, cin, m*cout) -> block-diagonal (kh, kw, m*cin, m*cout)
             mask = ops.cast(self._mask, kernel.dtype)
             ks = [ops.tile(k, (1, 1, self._route_groups_per_conv, 1)) * mask for k in ks]
-        ys = [self._conv(x, k) for x, k in zip(xs, ks)]
+        ys = [self._conv(x, k, data_format) for x, k in zip(xs, ks)]
         return ys[0] if len(ys) == 1 else ops.concatenate(ys, axis=axis)
 
     def get_config(self):
