@@ -180,7 +180,13 @@ def test_weights_move_between_conv2d_and_grouped_conv2d():
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(layer(x)), keras.ops.convert_to_numpy(ref(x)), rtol=1e-5, atol=1e-5
     )
-    ref.set_weights(layer.get_weights())  # and back
+    # And back: weights trained in the grouped layer serve Keras' Conv2D(groups).
+    rng = np.random.default_rng(4)
+    layer.set_weights([rng.standard_normal(w.shape).astype("float32") for w in layer.get_weights()])
+    ref.set_weights(layer.get_weights())
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(ref(x)), keras.ops.convert_to_numpy(layer(x)), rtol=1e-5, atol=1e-5
+    )
 
 
 # ----------------------------------------------------------------------------- arguments
