@@ -15,6 +15,8 @@ SAMPLES = {
     "MultiPathBlock": (lambda: bzl.MultiPathBlock(4, [[1, 3], [2, 5]], strides=2), (8, 8, 3)),
     "GroupedConv2D": (lambda: bzl.GroupedConv2D(8, 3, padding="same", groups=4), (8, 8, 8)),
     "BatchedDense": (lambda: bzl.BatchedDense(4, activation="relu"), (3, 5)),
+    "GatedConnect": (lambda: bzl.GatedConnect(4, 2, seed=3), (6, 6, 4 * 3)),
+    "ResNeXtModule": (lambda: bzl.ResNeXtModule(4, 2, 6, strides=2), (8, 8, 4 * 3)),
 }
 
 

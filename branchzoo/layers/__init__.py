@@ -5,7 +5,9 @@ Every public layer is registered with
 ``.keras`` file that uses them loads without ``custom_objects``.
 """
 
+from branchzoo.layers.gated import GatedConnect
 from branchzoo.layers.grouped import BatchedDense, GroupedConv2D
 from branchzoo.layers.multipath import MultiPathBlock
+from branchzoo.layers.resnext import ResNeXtModule
 
-__all__ = ["BatchedDense", "GroupedConv2D", "MultiPathBlock"]
+__all__ = ["BatchedDense", "GatedConnect", "GroupedConv2D", "MultiPathBlock", "ResNeXtModule"]
