@@ -4,5 +4,6 @@
 """
 
 from branchzoo.models.mpnet import mpnet
+from branchzoo.models.resnext import parameter_report, prune_gated, resnext_cifar
 
-__all__ = ["mpnet"]
+__all__ = ["mpnet", "parameter_report", "prune_gated", "resnext_cifar"]
