@@ -152,6 +152,29 @@ def test_module_matches_numpy_reference(shared, aggregate, strides, in_width, fi
     assert module.projects == (strides != 1 or in_width != filters)
 
 
+@pytest.mark.parametrize("shared, aggregate", [(True, False), (False, False), (False, True), (True, True)])
+def test_folded_batchnorm_equals_the_batchnorm_layers(shared, aggregate):
+    # BN3 and the shortcut BN are applied through their 1x1 convs from the input moments; with
+    # synchronized BN (MirroredStrategy) the module runs its BN layers instead: same outputs and
+    # the same moving statistics.
+    C = 3
+    x = RNG.standard_normal((4, 6, 6, 5 if shared else C * 5)).astype("float32")
+    modules = []
+    for synchronized in (False, True):
+        module = ResNeXtModule(C, 2, 7, strides=2, shared_input=shared, aggregate=aggregate)
+        module.build(x.shape)
+        modules.append(module)
+    for a, b in zip(modules[0].weights, modules[1].weights):
+        b.assign(a)
+    for layer in (modules[1].bn3, modules[1].shortcut_bn):
+        layer.synchronized = True
+    outs = [np.asarray(m(x, training=True)) for m in modules]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+    for a, b in zip(modules[0].weights, modules[1].weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=a.path)
+    assert not np.allclose(np.asarray(modules[0].bn3.moving_variance), 1.0)  # they were updated
+
+
 # ---- whole networks ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("training", [False, True])
