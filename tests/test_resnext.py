@@ -2,6 +2,7 @@
 
 import fnmatch
 import math
+import os
 
 import keras
 import numpy as np
@@ -399,3 +400,39 @@ def test_joint_then_finetune_phase_by_layer_attributes():
 def test_builder_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         resnext_cifar(**kwargs)
+
+
+# ---- real data ---------------------------------------------------------------------------------
+
+REAL_DATA = os.environ.get("BRANCHZOO_DATA_DIR")
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (REAL_DATA and os.path.exists(os.path.join(REAL_DATA, "cifar10-jpeg.tar.gz"))),
+                    reason="needs BRANCHZOO_DATA_DIR holding cifar10-jpeg.tar.gz")
+def test_small_gated_model_learns_cifar10_and_draws_its_connectivity(tmp_path):
+    from branchzoo import data
+    from branchzoo.analysis.registry import AnalysisData, run_analyses, write_report
+
+    keras.utils.set_random_seed(0)
+    model = resnext_cifar(depth=11, width=2, cardinality=4, fan_in=2, connectivity="learned",
+                          stage_widths=(8, 16, 32), stem_width=16, num_classes=10, seed=0)
+    steps, epochs = 100, 3
+    train = data.load_dataset("cifar10", "train", batch_size=32, data_dir=REAL_DATA, seed=0,
+                              epochs=epochs, steps_per_epoch=steps)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    gates = [l for l in model.layers if isinstance(l, GatedConnect)]
+    before = [g.gate_values() for g in gates]
+    history = model.fit(train, epochs=epochs, steps_per_epoch=steps, verbose=0).history
+    loss = history["loss"]
+    assert loss[-1] < loss[0] - 0.1 and loss[0] < 2.35, loss  # it learns: falling, from about ln 10
+    after = [g.gate_values() for g in gates]
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))  # the gates were trained
+    assert all(a.min() >= 0.0 and a.max() <= 1.0 for a in after)
+    test = data.load_dataset("cifar10", "test", batch_size=100, data_dir=REAL_DATA, steps_per_epoch=20)
+    top1 = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
+    assert top1 > 0.2, top1  # chance is 0.1
+    paths = write_report(str(tmp_path), run_analyses("connectivity", model, AnalysisData()))
+    figure = tmp_path / "connectivity-connectivity.png"
+    assert str(figure) in paths and 0 < figure.stat().st_size < 400_000
