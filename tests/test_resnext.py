@@ -12,7 +12,7 @@ import tensorflow as tf
 from branchzoo.export import export_saved_model
 from branchzoo.layers import GatedConnect, ResNeXtModule
 from branchzoo.models import parameter_report, prune_gated, resnext_cifar
-from branchzoo.models.resnext import active_blocks, connectivity_masks
+from branchzoo.models.resnext import active_blocks, connectivity_masks, resnext_title
 
 RNG = np.random.default_rng(0)
 EPS = 1e-5
@@ -212,6 +212,9 @@ def test_layout_and_layer_names():
                            "module4", "module5_gate", "module5", "module6_gate", "module6"]
     assert names[-3:] == ["head_relu", "avg_pool", "predictions"]
     assert model.name == "resnext20_4x2d_gated_k2"
+    assert resnext_title({"depth": 20, "width": 2, "cardinality": 4, "connectivity": "learned", "fan_in": 2,
+                          "stage_widths": [8, 12, 16]}) == "ResNeXt {20,2,4} Learned K=2, widths 8/12/16"
+    assert resnext_title({"depth": 29, "width": 64, "cardinality": 8}) == "ResNeXt {29,64,8} Fixed-Full"
     modules = [l for l in model.layers if isinstance(l, ResNeXtModule)]
     # stride 2 in the first module of stages 2 and 3; w doubles per stage; block outputs side by side
     assert [m.strides for m in modules] == [1, 1, 2, 1, 2, 1]

@@ -27,6 +27,16 @@ class ResNeXtModule(keras.layers.Layer):
     blocks. With these, ResNeXt-29 {29,8,8} has 0.86M parameters as in the
     paper's Table 1 (../shared/docs/SPEC-NOTES.md, section 1).
 
+    Computation: the BN after each block's last 1x1 conv (and the shortcut's
+    BN) is applied through the conv, ``conv(h, k * scale) + shift``, with the
+    batch statistics of the conv output computed from the mean and
+    covariance of its (narrower) input (`linear_batchnorm`): the same
+    function and moving statistics as the BN layers, without a separate pass
+    over the ``C * filters`` block outputs; with ``aggregate`` the mean over
+    blocks is folded into one dense 1x1 conv (ResNeXt's form C). Under
+    synchronized BN (``bn3.synchronized``, MirroredStrategy) the BN layers
+    run as written.
+
     ResNeXt's ReLU after the residual sum is applied to the module's INPUT
     (``x_j = relu(inputs_j)``), i.e. after the aggregation of the previous
     module's block outputs by `GatedConnect`; with full connectivity a chain

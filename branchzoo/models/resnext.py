@@ -47,6 +47,22 @@ def resnext_name(depth, width, cardinality, fan_in, connectivity):
     return f"{base}_{kind}_k{fan_in}"
 
 
+def resnext_title(config):
+    """The paper's name of a configuration, e.g. ``ResNeXt {29,8,8} Learned K=4``.
+
+    Non-canonical block output widths are appended (``, widths 16/32/64``).
+    """
+    depth, width, cardinality = config.get("depth", 29), config.get("width", 64), config.get("cardinality", 8)
+    connectivity = config.get("connectivity", "full")
+    fan_in = config.get("fan_in") or cardinality
+    kind = {"full": "Fixed-Full", "learned": f"Learned K={fan_in}", "random": f"Fixed-Random K={fan_in}"}
+    title = f"ResNeXt {{{depth},{width},{cardinality}}} {kind.get(connectivity, connectivity)}"
+    widths = list(config.get("stage_widths") or CANONICAL_STAGE_WIDTHS)
+    if widths != list(CANONICAL_STAGE_WIDTHS):
+        title += ", widths " + "/".join(str(w) for w in widths)
+    return title
+
+
 @register_builder("resnext_cifar", family="resnext_gated", paper=PAPER)
 def resnext_cifar(
     depth=29,
@@ -386,4 +402,5 @@ __all__ = [
     "parameter_report",
     "prune_gated",
     "resnext_cifar",
+    "resnext_title",
 ]
