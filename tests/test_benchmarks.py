@@ -113,6 +113,7 @@ def test_benchmark_arguments_are_checked(script, flag):
     assert flag in proc.stderr and "positive integer" in proc.stderr and "'0'" in proc.stderr
 
 
+@pytest.mark.slow  # ~30 s of CPU: a TF process and a PyTorch child, three networks traced
 def test_resnext_step_compares_with_pytorch():
     pytest.importorskip("torch")
     proc = run_cli("benchmarks/resnext_step.py", "--depth", "11", "--width", "2", "--cardinality", "4",
