@@ -160,3 +160,35 @@ def test_modular_ensemble_prints_the_three_implementations():
     assert all(m > 0 for m in medians)
     assert_ratio_of_rounded(rows[1][5], medians[1], medians[0])
     assert "separate branches reproduce the batched outputs" in proc.stdout
+@pytest.mark.slow  # ~30 s of CPU: a TF process and a PyTorch child, three networks traced
+def test_resnext_step_compares_with_pytorch():
+    pytest.importorskip("torch")
+    proc = run_cli("benchmarks/resnext_step.py", "--depth", "11", "--width", "2", "--cardinality", "4",
+                   "--fan-in", "2", "--stage-widths", "8,8,8", "--stem-width", "8", "--num-classes", "3",
+                   "--batch-size", "2", "--image-size", "8", "--rounds", "1", "--block", "1")
+    assert "CPU: " in proc.stdout.splitlines()[0]
+    rows = {row[0]: row for row in table_rows(proc.stdout)}
+    assert set(rows) == {"Fixed-Full", "Learned K=2", "Learned K=4 (gated layout)"}
+    # the script exits non-zero when the PyTorch network's parameter count differs; here by hand:
+    # a block of width w: 1x1 8->w, BN, 3x3 w->w, BN, 1x1 w->8, BN; stride-2 modules add one 8->8
+    # projection + BN shared by the 4 blocks
+    def block(w):
+        return 8 * w + 2 * w + 9 * w * w + 2 * w + w * 8 + 2 * 8
+
+    projection = 8 * 8 + 2 * 8
+    weights = (3 * 3 * 3 * 8 + 2 * 8) + 4 * block(2) + (4 * block(4) + projection) \
+        + (4 * block(8) + projection) + (8 * 3 + 3)
+    assert rows["Fixed-Full"][1] == f"{weights:,}"
+    assert rows["Learned K=2"][1] == f"{weights + 2 * 16:,}"  # plus two 4x4 gate matrices
+    for row in rows.values():
+        ours, theirs = float(row[2]), float(row[3])
+        assert ours > 0 and theirs > 0
+        assert_ratio_of_rounded(row[4], ours, theirs)
+    assert rows["Fixed-Full"][5] == "1.00"
+
+
+def test_resnext_step_arguments_are_checked():
+    proc = run_cli("benchmarks/resnext_step.py", "--fan-in", "9", check=False)
+    assert proc.returncode == 2 and "--fan-in" in proc.stderr and "9" in proc.stderr
+    proc = run_cli("benchmarks/resnext_step.py", "--stage-widths", "8,8", check=False)
+    assert proc.returncode == 2 and "--stage-widths" in proc.stderr and "'8,8'" in proc.stderr

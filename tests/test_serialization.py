@@ -21,6 +21,8 @@ SAMPLES = {
                                         active_modules=[0, 2]),
         (8, 8, 3),
     ),
+    "GatedConnect": (lambda: bzl.GatedConnect(4, 2, seed=3), (6, 6, 4 * 3)),
+    "ResNeXtModule": (lambda: bzl.ResNeXtModule(4, 2, 6, strides=2), (8, 8, 4 * 3)),
 }
 
 

@@ -26,13 +26,31 @@ from branchzoo.analysis.gradients import gradient_flow
 from branchzoo.analysis.extraction import analysis_layers, layer_positions
 from branchzoo.analysis import plots  # noqa: F401
 
+from branchzoo.analysis.gated import connectivity_figure, gate_histogram_figure
+
 __all__ = [
-    "feature_model", "feature_names",
-    "cka", "cka_matrix", "cka_from_grams", "center_gram", "gram_linear", "gram_rbf", "CKAAccumulator",
+    "feature_model",
+    "feature_names",
+    "cka",
+    "cka_matrix",
+    "cka_from_grams",
+    "center_gram",
+    "gram_linear",
+    "gram_rbf",
+    "CKAAccumulator",
     "cka_with_output",
-    "saturation", "SaturationAccumulator", "intrinsic_dimension", "adaptive_average_pool", "layer_saturation",
-    "fit_probes", "fit_probe", "ProbeResult",
+    "saturation",
+    "SaturationAccumulator",
+    "intrinsic_dimension",
+    "adaptive_average_pool",
+    "layer_saturation",
+    "fit_probes",
+    "fit_probe",
+    "ProbeResult",
     "gradient_flow",
-    "analysis_layers", "layer_positions",
+    "analysis_layers",
+    "layer_positions",
     "plots",
+    "connectivity_figure",
+    "gate_histogram_figure",
 ]

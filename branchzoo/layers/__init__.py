@@ -6,7 +6,16 @@ Every public layer is registered with
 """
 
 from branchzoo.layers.ensemble import ModularLossEnsemble
+from branchzoo.layers.gated import GatedConnect
 from branchzoo.layers.grouped import BatchedDense, GroupedConv2D
 from branchzoo.layers.multipath import MultiPathBlock
+from branchzoo.layers.resnext import ResNeXtModule
 
-__all__ = ["BatchedDense", "GroupedConv2D", "ModularLossEnsemble", "MultiPathBlock"]
+__all__ = [
+    "BatchedDense",
+    "GroupedConv2D",
+    "ModularLossEnsemble",
+    "MultiPathBlock",
+    "GatedConnect",
+    "ResNeXtModule",
+]

@@ -9,5 +9,21 @@ from branchzoo.models.mpnet import mpnet
 from branchzoo.models.resnet import resnet, resnet18, resnet34
 from branchzoo.models.vgg import vgg, vgg16
 
-__all__ = ["mpnet", "vgg", "vgg16", "resnet", "resnet18", "resnet34", "densenet", "densenet18",
-           "modular_cnn", "modular_densenet_bc", "modular_mlp"]
+from branchzoo.models.resnext import parameter_report, prune_gated, resnext_cifar
+
+__all__ = [
+    "mpnet",
+    "vgg",
+    "vgg16",
+    "resnet",
+    "resnet18",
+    "resnet34",
+    "densenet",
+    "densenet18",
+    "modular_cnn",
+    "modular_densenet_bc",
+    "modular_mlp",
+    "parameter_report",
+    "prune_gated",
+    "resnext_cifar",
+]
