@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,6 +34,25 @@ def _update_entry(name, **fields):
     stored.update(fields)
     write_json_atomic(path, stored)
     zoo.clear_cache()
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _gpu_count():
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
 
 
 def publish_parameters(names):
@@ -53,7 +73,10 @@ def publish_weights(name, run_dir=None, seed=0):
     entry = zoo.get_entry(name)
     run_dir = run_dir or os.path.join("runs", f"publish-{name}")
     run = training.resolve_run_config(name, seed=seed, output=run_dir)
-    training.train(run, resume=os.path.exists(os.path.join(run_dir, "backup")), verbose=2)
+    started = time.time()
+    trained = training.train(run, resume=os.path.exists(os.path.join(run_dir, "backup")), verbose=2)
+    budget = {"epochs": trained["epochs"], "seconds_in_last_process": round(time.time() - started),
+              "cpu": _cpu_name(), "cores": os.cpu_count(), "gpus": _gpu_count()}
     checkpoint = os.path.join(run_dir, "model.keras")
     metrics = training.evaluate(
         checkpoint=checkpoint, output=os.path.join(run_dir, "eval.json"), verbose=0
@@ -80,6 +103,7 @@ def publish_weights(name, run_dir=None, seed=0):
             "split": "test",
             **{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)},
             "command": command,
+            "training_budget": budget,
             "measured": datetime.date.today().isoformat(),
             "environment": metrics["environment"],
         },
