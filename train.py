@@ -3,6 +3,7 @@
 
     python train.py --model mpnet --dataset digits --epochs 2 --export runs/mpnet_savedmodel
     python train.py --list 'mpnet*'
+    python -m branchzoo.launch --workers 2 -- train.py --model mpnet --strategy multiworker
 
 Writes to --output (default runs/<model>-<dataset>): config.json (the resolved
 run config), model.keras, metrics.json; TensorBoard logs to --logdir (default
@@ -49,8 +50,10 @@ def build_parser():
     p.add_argument("--logdir", help="TensorBoard folder (default <output>/logs)")
     p.add_argument("--output", help="run folder (default runs/<model>-<dataset>)")
     p.add_argument("--export", help="also write a TF SavedModel here (checked against the Keras model)")
-    p.add_argument("--strategy", choices=("auto", "mirrored", "default"), default="auto",
-                   help="auto: MirroredStrategy when more than one GPU is visible")
+    p.add_argument("--strategy", choices=("auto", "mirrored", "default", "multiworker"), default="auto",
+                   help="auto: MirroredStrategy when more than one GPU is visible; multiworker: "
+                        "MultiWorkerMirroredStrategy over the cluster in $TF_CONFIG (run the same "
+                        "command on every worker; see python -m branchzoo.launch)")
     p.add_argument("--cpu-devices", type=int,
                    help="split the CPU into N logical devices (MirroredStrategy without GPUs)")
     p.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
@@ -84,8 +87,8 @@ def main(argv=None):
     try:
         if args.cpu_devices is not None and args.cpu_devices < 1:
             raise ValueError(f"`cpu_devices` must be >= 1. Received: cpu_devices={args.cpu_devices}")
+        run = _resolve(training, args)  # checks everything, TensorFlow untouched
         training.configure_cpu_devices(args.cpu_devices)
-        run = _resolve(training, args)
         # Builds the model and opens the data before anything is written.
         prepared = training.prepare(run, resume=args.resume)
     except (ValueError, FileNotFoundError) as e:  # a user error: the message, exit 2, nothing written
@@ -97,10 +100,15 @@ def main(argv=None):
     try:
         metrics = training.run_prepared(prepared, verbose=verbose)
     except KeyboardInterrupt:
+        backup = training.distributed.backup_dir(run["output"], prepared.cluster)
         print(f"\nInterrupted. Continue with the same command plus --resume "
-              f"(backup in {os.path.join(run['output'], 'backup')}).", file=sys.stderr)
+              f"(backup in {backup}).", file=sys.stderr)
         return 130
     print(json.dumps({k: v for k, v in metrics.items() if k not in _NOT_PRINTED}, indent=2))
+    if not prepared.paths.is_chief:
+        print(f"Worker {prepared.cluster.name} done; the chief wrote the model, config and metrics "
+              f"to its {run['output']}.")
+        return 0
     print(f"Model, config and metrics in {run['output']}; TensorBoard: tensorboard --logdir {run['logdir']}")
     if run["export"]:
         print(f"SavedModel in {run['export']} (serve output within {metrics['export_max_abs_diff']:.2g} of Keras)")

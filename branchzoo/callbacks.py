@@ -41,12 +41,24 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         prepare: ``fn(model)`` creating every optimizer variable before a
             checkpoint is loaded into them (default: builds
             ``model.optimizer``); models with several optimizers pass theirs.
+        keep_previous: also keep the checkpoint before the last one (named
+            in the metadata's ``"previous"``): a multi-worker run whose
+            workers stopped one epoch apart resumes from the older one
+            (`branchzoo.distributed.agree_on_restore_epoch`).
+
+    Attributes:
+        restore_epoch: the epoch the next ``fit`` restores: None for the
+            last checkpoint, 0 for none (a fresh start), else the epoch of
+            the last or the kept previous checkpoint. Used once.
     """
 
-    def __init__(self, backup_dir, delete_checkpoint=True, prepare=None):
+    def __init__(self, backup_dir, delete_checkpoint=True, prepare=None, keep_previous=False):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=delete_checkpoint)
         self.phase = 0
+        self.restore_epoch = None
         self._prepare = prepare
+        self._keep_previous = keep_previous
+        self._last = None  # the checkpoint this process restored or wrote last
 
     def delete(self):
         """Removes the backup folder (after the last phase finished)."""
@@ -66,12 +78,20 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             return json.load(f)
 
     def _load_model(self):
+        restore, self.restore_epoch = self.restore_epoch, None
         metadata = self.read_metadata()
-        if metadata is None:
+        if metadata is None or restore == 0:
             return
+        if restore is not None and restore != metadata["epoch"]:
+            previous = metadata.get("previous") or {}
+            if previous.get("epoch") != restore:
+                raise ValueError(f"{self.backup_dir} holds no checkpoint of epoch {restore} "
+                                 f"(its last is epoch {metadata['epoch']}).")
+            metadata = previous
         if not self.model.built:
             raise ValueError("BackupAndRestore needs a built model before fit().")
         weights = os.path.join(self.backup_dir, metadata["weights"])
+        self._last = {k: metadata[k] for k in ("epoch", "weights", "phase") if k in metadata}
         if metadata.get("phase", 0) == self.phase:
             if self._prepare is not None:
                 self._prepare(self.model)
@@ -91,10 +111,16 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         tmp = temp_path(self.backup_dir, suffix=f"-{name}")  # Keras insists on the suffix
         self.model.save_weights(tmp, overwrite=True)
         os.replace(tmp, os.path.join(self.backup_dir, name))
-        write_json_atomic(self.metadata_path,
-                          {"epoch": epoch, "batch": 0, "weights": name, "phase": self.phase})
+        entry = {"epoch": epoch, "weights": name, "phase": self.phase}
+        metadata = {**entry, "batch": 0}
+        keep = {name}
+        if self._keep_previous and self._last and self._last["epoch"] < epoch:
+            metadata["previous"] = self._last
+            keep.add(self._last["weights"])
+        write_json_atomic(self.metadata_path, metadata)
+        self._last = entry
         for old in glob.glob(os.path.join(self.backup_dir, "*.weights.h5")):
-            if os.path.basename(old) != name:
+            if os.path.basename(old) not in keep:
                 os.remove(old)
 
 

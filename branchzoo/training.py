@@ -15,12 +15,12 @@ import platform
 
 import numpy as np
 
-from branchzoo import tasks, zoo
+from branchzoo import distributed, tasks, zoo
 from branchzoo._io import write_json_atomic
 from branchzoo._validation import check_int
 from branchzoo.callbacks import AtomicBackupAndRestore, TensorBoard
 
-STRATEGIES = ("auto", "mirrored", "default")
+STRATEGIES = ("auto", "mirrored", "default", "multiworker")
 
 # Run settings that a --resume must keep (the rest may change freely).
 _RESUME_KEYS = ("model", "dataset", "data_dir", "epochs", "batch_size", "lr", "seed",
@@ -69,7 +69,7 @@ def configure_cpu_devices(n):
         ) from None
 
 
-def make_strategy(kind="auto"):
+def make_strategy(kind="auto", cluster=None):
     """A `tf.distribute` strategy.
 
     Args:
@@ -77,11 +77,17 @@ def make_strategy(kind="auto"):
             logical CPU devices when there is no GPU (see
             `configure_cpu_devices`); ``"default"``: the default (single
             device) strategy; ``"auto"``: mirrored when more than one GPU is
-            visible, else default.
+            visible, else default; ``"multiworker"``:
+            MultiWorkerMirroredStrategy over the TF_CONFIG cluster (create
+            it before any other TensorFlow call; see `branchzoo.distributed`).
+        cluster: for ``"multiworker"``: this process's
+            `branchzoo.distributed.ClusterTask` (default: read TF_CONFIG).
     """
+    _check_strategy(kind)
+    if kind == "multiworker":
+        return distributed.make_strategy(cluster or distributed.read_tf_config())
     import tensorflow as tf
 
-    _check_strategy(kind)
     gpus = tf.config.list_logical_devices("GPU")
     if kind == "auto":
         kind = "mirrored" if len(gpus) > 1 else "default"
@@ -194,6 +200,12 @@ def resolve_run_config(
     _check_strategy(strategy)
     if augment is None and recipe.get("augment") is False:  # the recipe trains without augmentation
         augment = False
+    cluster = distributed.read_tf_config() if strategy == "multiworker" else None
+    if cluster is not None and cpu_devices is not None and cpu_devices > 1:
+        raise ValueError("`cpu_devices` applies to --strategy mirrored; a multi-worker run has one "
+                         f"CPU replica per worker. Received: cpu_devices={cpu_devices}")
+    if cluster is not None:
+        _check_batch_split(batch_size, cluster.num_workers, "workers")
     if jit_compile not in JIT_COMPILE:
         raise ValueError(f"`jit_compile` must be one of {JIT_COMPILE}. Received: jit_compile={jit_compile!r}")
     if analysis:
@@ -201,6 +213,7 @@ def resolve_run_config(
 
         analysis = parse_analysis_names(analysis)
     return {
+        **({"cluster": cluster.as_dict()} if cluster else {}),
         "model": name,
         "task": task.name,
         "dataset": dataset,
@@ -229,34 +242,39 @@ def resolve_run_config(
     }
 
 
+def _check_batch_split(batch_size, replicas, what="replicas"):
+    # Keras reduces each fit's first batch over the replicas: unequal shares fail there.
+    if batch_size % replicas:
+        raise ValueError(f"`batch_size` is the global batch, split evenly over the {replicas} {what}: "
+                         f"it must be a multiple of {replicas}. Received: batch_size={batch_size}")
+
+
 def _recipe_dataset(entry):
     """The dataset a zoo entry trains and is evaluated on by default."""
     return entry["recipe"].get("dataset") or entry["dataset"]
 
 
-def _check_resume(run, output, resume):
+def _check_resume(run, output, resume, cluster=None):
     """Checks the state of `output` against `resume`; returns the backup's metadata or None.
 
     An interrupted run is never silently overwritten, ``--resume`` with
-    nothing to resume is an error, and a resumed run keeps its settings.
+    nothing to resume is an error, and a resumed run keeps its settings. In
+    a multi-worker run the workers decide the first two together, once the
+    strategy is up (`distributed.agree_on_restore_epoch`): one worker may
+    have been killed before its first backup.
     """
-    backup = AtomicBackupAndRestore(os.path.join(output, "backup"))
+    backup = AtomicBackupAndRestore(distributed.backup_dir(output, cluster))
     metadata = backup.read_metadata()
-    if metadata is None:
-        if resume:
-            done = os.path.exists(os.path.join(output, "metrics.json"))
+    if cluster is None:
+        if metadata is None and resume:
+            raise ValueError(_nothing_to_resume(output))
+        if metadata is not None and not resume:
             raise ValueError(
-                f"--resume: there is nothing to resume in {output}: "
-                + ("that run already finished (its metrics.json is there)." if done else
-                   "it holds no backup of an interrupted run.")
-                + " Drop --resume to start a new run, or choose another --output."
+                f"{output} holds an interrupted run (its backup is in {backup.backup_dir}). "
+                "Pass --resume to continue it, or choose another --output."
             )
-        return None
-    if not resume:
-        raise ValueError(
-            f"{output} holds an interrupted run (its backup is in {backup.backup_dir}). "
-            "Pass --resume to continue it, or choose another --output."
-        )
+    if metadata is None or not resume:
+        return metadata
     path = os.path.join(output, "config.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -275,6 +293,14 @@ def _check_resume(run, output, resume):
     return metadata
 
 
+def _nothing_to_resume(output):
+    done = os.path.exists(os.path.join(output, "metrics.json"))
+    return (f"--resume: there is nothing to resume in {output}: "
+            + ("that run already finished (its metrics.json is there)." if done else
+               "it holds no backup of an interrupted run.")
+            + " Drop --resume to start a new run, or choose another --output.")
+
+
 @dataclasses.dataclass
 class Prepared:
     """Everything a run needs, made before any file is written."""
@@ -286,6 +312,8 @@ class Prepared:
     model: object
     initial_epoch: int
     steps_per_epoch: int
+    cluster: object = None  # a distributed.ClusterTask in a multi-worker run
+    paths: object = dataclasses.field(default_factory=distributed.OutputPaths)
 
 
 def prepare(run, resume=False):
@@ -301,7 +329,14 @@ def prepare(run, resume=False):
     from branchzoo import data
 
     run = dict(run)
-    metadata = _check_resume(run, run["output"], resume)
+    cluster = distributed.parse_tf_config(json.dumps(run["cluster"])) if run.get("cluster") else None
+    metadata = _check_resume(run, run["output"], resume, cluster)
+    initial_epoch = (metadata or {"epoch": 0})["epoch"]
+    if cluster is not None:  # MultiWorkerMirroredStrategy comes before any other TF call
+        strategy = make_strategy(run["strategy"], cluster)
+        # Every worker resumes from an epoch all of them backed up (or all refuse together).
+        initial_epoch = distributed.agree_on_restore_epoch(
+            strategy, cluster, metadata, resume, nothing_to_resume=_nothing_to_resume(run["output"]))
     keras.utils.set_random_seed(run["seed"])
     if run["deterministic"]:
         tf.config.experimental.enable_op_determinism()
@@ -312,16 +347,19 @@ def prepare(run, resume=False):
     builder_kwargs = {**task.builder_kwargs(run, info), **run["model_kwargs"]}
     run["resolved_model_config"] = zoo.resolved_config(run["model"], **builder_kwargs)
     run["environment"] = environment()
-    strategy = make_strategy(run["strategy"])
+    if cluster is None:
+        strategy = make_strategy(run["strategy"])
     with strategy.scope():
         model = build_checked(run["model"], lambda: task.build(run, builder_kwargs), run["model_kwargs"])
         if strategy.num_replicas_in_sync > 1:
+            _check_batch_split(run["batch_size"], strategy.num_replicas_in_sync)
             set_synchronized_batchnorm(model, True)
     steps = int(np.ceil(info.num_examples["train"] / run["batch_size"]))
     if run["steps_per_epoch"]:
         steps = min(steps, run["steps_per_epoch"])
     return Prepared(run=run, task=task, strategy=strategy, info=info, model=model,
-                    initial_epoch=(metadata or {"epoch": 0})["epoch"], steps_per_epoch=steps)
+                    initial_epoch=initial_epoch, steps_per_epoch=steps, cluster=cluster,
+                    paths=distributed.OutputPaths(cluster))
 
 
 def build_checked(name, build, model_kwargs):
@@ -357,19 +395,33 @@ def train(run, resume=False, verbose="auto", callbacks=()):
 
 
 def run_prepared(p, verbose="auto", callbacks=()):
-    """Trains what `prepare` made ready (see `train`); returns the final metrics."""
-    os.makedirs(p.run["output"], exist_ok=True)  # only once the model and data are known good
-    write_json_atomic(os.path.join(p.run["output"], "config.json"), _jsonable(p.run))
-    history = _fit_phases(p, verbose, list(callbacks))
-    return _finish(p, history)
+    """Trains what `prepare` made ready (see `train`); returns the final metrics.
+
+    In a multi-worker run only the chief writes ``run["output"]``, the
+    logs and the export; the other workers write to a temporary folder
+    removed at the end, and keep their own backup (`branchzoo.distributed`).
+    """
+    try:
+        if p.paths.is_chief:  # only once the model and data are known good
+            os.makedirs(p.run["output"], exist_ok=True)
+            write_json_atomic(os.path.join(p.run["output"], "config.json"), _jsonable(p.run))
+        history = _fit_phases(p, verbose, list(callbacks))
+        metrics = _finish(p, history)
+        if p.cluster is not None:
+            distributed.barrier(p.strategy)
+        return metrics
+    finally:
+        p.paths.cleanup()
 
 
 def _fit_phases(p, verbose, extra_callbacks):
     """Fits every phase not yet finished; returns the merged history."""
     run, model, task = p.run, p.model, p.task
-    backup = AtomicBackupAndRestore(os.path.join(run["output"], "backup"), delete_checkpoint=False,
-                                    prepare=task.build_optimizer_state)
-    validation = task.test_data(run, steps=run["steps_per_epoch"]) if run["validate"] else None
+    backup = AtomicBackupAndRestore(distributed.backup_dir(run["output"], p.cluster), delete_checkpoint=False,
+                                    prepare=task.build_optimizer_state, keep_previous=p.cluster is not None)
+    backup.restore_epoch = p.initial_epoch
+    validation = _sharded(p, task.test_data(run, steps=run["steps_per_epoch"])) if run["validate"] else None
+    logdir = p.paths.path(run["logdir"])
     history = {"epoch": [], "phase": []}
     first_fit = True
     for phase in run["phases"]:
@@ -380,12 +432,12 @@ def _fit_phases(p, verbose, extra_callbacks):
         with p.strategy.scope():
             task.compile(model, run, phase, p.steps_per_epoch)
         backup.phase = phase["index"]
-        callbacks = [backup, TensorBoard(run["logdir"], write_graph=first_fit, update_freq="epoch",
+        callbacks = [backup, TensorBoard(logdir, write_graph=first_fit, update_freq="epoch",
                                          graph_model=task.export_model(model))]
         callbacks += task.callbacks(run, model) + _analysis_callbacks(p) + extra_callbacks
         model._initial_epoch = None  # a previous phase's resume must not leak into this one
         fitted = model.fit(
-            task.train_data(run, start, phase["end"] - start),
+            _sharded(p, task.train_data(run, start, phase["end"] - start)),
             epochs=phase["end"], initial_epoch=start, steps_per_epoch=p.steps_per_epoch,
             validation_data=validation, callbacks=callbacks, verbose=verbose,
         )
@@ -398,6 +450,11 @@ def _fit_phases(p, verbose, extra_callbacks):
     return history
 
 
+def _sharded(p, dataset):
+    """In a multi-worker run, `dataset` sharded by the strategy (see `distributed.shard_by_data`)."""
+    return distributed.shard_by_data(dataset) if p.cluster is not None else dataset
+
+
 def _analysis_callbacks(p):
     run = p.run
     if not run.get("analysis"):
@@ -405,7 +462,7 @@ def _analysis_callbacks(p):
     from branchzoo.callbacks import AnalysisCallback
 
     return [AnalysisCallback(run["analysis"], analysis_data(p.task, run, p.info),
-                             every=run["analysis_every"], logdir=run["logdir"])]
+                             every=run["analysis_every"], logdir=p.paths.path(run["logdir"]))]
 
 
 def analysis_data(task, run, info, max_batches=None):
@@ -430,7 +487,7 @@ def _finish(p, history):
     replicas = p.strategy.num_replicas_in_sync
     if replicas > 1:
         set_synchronized_batchnorm(model, False)
-    test_ds = task.test_data(run)
+    test_ds = _sharded(p, task.test_data(run))
     results = model.evaluate(test_ds, return_dict=True, verbose=0)
     epochs_here = history["epoch"]
     metrics = {
@@ -444,16 +501,18 @@ def _finish(p, history):
         "epochs_run_in_this_process": len(epochs_here),
         "first_epoch_in_this_process": epochs_here[0] if epochs_here else None,
         "replicas": replicas,
+        **({"workers": p.cluster.num_workers} if p.cluster else {}),
         "parameters": zoo.count_parameters(task.export_model(model)),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    save_keras_atomic(model, os.path.join(run["output"], "model.keras"))
+    # Every worker saves (reading variables may take collective ops); only the chief's files stay.
+    save_keras_atomic(model, p.paths.path(os.path.join(run["output"], "model.keras")))
     if run["export"]:
-        batch = task.example_inputs(next(iter(test_ds)))
+        batch = task.example_inputs(next(iter(task.test_data(run))))
         metrics["export"] = run["export"]
         metrics["export_max_abs_diff"] = export_saved_model(
-            task.export_model(model), run["export"], verify_batch=_first(batch, 8))
-    write_json_atomic(os.path.join(run["output"], "metrics.json"), _jsonable(metrics))
+            task.export_model(model), p.paths.path(run["export"]), verify_batch=_first(batch, 8))
+    write_json_atomic(p.paths.path(os.path.join(run["output"], "metrics.json")), _jsonable(metrics))
     return metrics
 
 
