@@ -15,6 +15,7 @@ SAMPLES = {
     "MultiPathBlock": (lambda: bzl.MultiPathBlock(4, [[1, 3], [2, 5]], strides=2), (8, 8, 3)),
     "GroupedConv2D": (lambda: bzl.GroupedConv2D(8, 3, padding="same", groups=4), (8, 8, 8)),
     "BatchedDense": (lambda: bzl.BatchedDense(4, activation="relu"), (3, 5)),
+    "BranchSum": (lambda: bzl.BranchSum(3, logit_clamp=1.5), (3, 5)),
 }
 
 

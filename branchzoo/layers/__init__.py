@@ -5,7 +5,8 @@ Every public layer is registered with
 ``.keras`` file that uses them loads without ``custom_objects``.
 """
 
+from branchzoo.layers.branch_sum import BranchSum
 from branchzoo.layers.grouped import BatchedDense, GroupedConv2D
 from branchzoo.layers.multipath import MultiPathBlock
 
-__all__ = ["BatchedDense", "GroupedConv2D", "MultiPathBlock"]
+__all__ = ["BatchedDense", "BranchSum", "GroupedConv2D", "MultiPathBlock"]
