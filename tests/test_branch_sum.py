@@ -218,3 +218,18 @@ def test_branched_model_keras_file_and_saved_model(tmp_path):
     reloaded = tf.saved_model.load(str(tmp_path / "exported"))  # holds the variables
     served = reloaded.serve(tf.constant(x))
     np.testing.assert_allclose(np.asarray(served), expected, atol=1e-5)
+
+
+def test_zoo_cards_count_n_branches_by_hand():
+    import branchzoo
+
+    names = branchzoo.list_models("branched_resnet18_*")
+    assert {"branched_resnet18_16x16_cifar10", "branched_resnet18_8x16_cifar10",
+            "branched_resnet18_8x4_digits"} <= set(names)
+    for name in names:
+        card = branchzoo.model_card(name)
+        config = card["config"]
+        assert card["family"] == "branchsum" and card["paper"].startswith("000_a8fb4f73aa903839.txt")
+        expected = config["num_branches"] * _resnet18_count(config["base_width"], config["num_classes"])
+        assert card["parameters"]["trainable"] == expected, name
+    assert branchzoo.model_card("branched_resnet18_16x16_cifar10")["parameters"]["trainable"] == 16 * 701_466

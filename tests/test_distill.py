@@ -211,3 +211,14 @@ def test_inception_v1_named_branches_small():
     assert model(np.zeros((1, 32, 32, 3), "float32")).shape == (1, 10)
     bn = inception_v1(num_classes=10, input_shape=(32, 32, 3), width_multiplier=1 / 8, batch_norm=True)
     assert bn.get_layer("mixed3a_5x5_bn") is not None and not bn.get_layer("mixed3a_5x5_pre_relu").use_bias
+
+
+def test_zoo_cards_match_the_reference_counts():
+    import branchzoo
+
+    assert branchzoo.model_card("alexnet_2branch_imagenet")["parameters"]["trainable"] == _alexnet_count()
+    assert branchzoo.model_card("inception_v1_imagenet")["parameters"]["trainable"] == _inception_count()
+    four = branchzoo.model_card("branched_stem_4x1_cifar10")
+    # 5x5x3x64 first layer + BN; trunk 3x3 64->128 + BN, 128->256 + BN; head 256x10 + 10
+    assert four["parameters"]["trainable"] == (5 * 5 * 3 * 64 + 128 + 9 * 64 * 128 + 256
+                                               + 9 * 128 * 256 + 512 + 2570)
