@@ -23,6 +23,7 @@ SAMPLES = {
     ),
     "GatedConnect": (lambda: bzl.GatedConnect(4, 2, seed=3), (6, 6, 4 * 3)),
     "ResNeXtModule": (lambda: bzl.ResNeXtModule(4, 2, 6, strides=2), (8, 8, 4 * 3)),
+    "BranchSum": (lambda: bzl.BranchSum(3, logit_clamp=1.5), (3, 5)),
 }
 
 

@@ -11,9 +11,13 @@ through `branchzoo.analysis.registry`.
     >>> x = np.random.default_rng(0).standard_normal((64, 5))
     >>> round(cka(x, -2 * x), 6)
     1.0
+
+Importing this package registers every named analysis (`registry`): the
+family modules (modular, specialization, gated, ...) register theirs.
 """
 
 from branchzoo.analysis import modular  # noqa: F401  (registers robustness, specialists, entropy, confusion, dominance)
+from branchzoo.analysis import specialization  # noqa: F401  (registers "specialization")
 from branchzoo.analysis.features import feature_model, feature_names
 from branchzoo.analysis.cka import (
     CKAAccumulator, center_gram, cka, cka_from_grams, cka_matrix, cka_with_output, gram_linear, gram_rbf,
@@ -53,4 +57,5 @@ __all__ = [
     "plots",
     "connectivity_figure",
     "gate_histogram_figure",
+    "specialization",
 ]

@@ -7,6 +7,7 @@ Every public layer is registered with
 
 from branchzoo.layers.ensemble import ModularLossEnsemble
 from branchzoo.layers.gated import GatedConnect
+from branchzoo.layers.branch_sum import BranchSum
 from branchzoo.layers.grouped import BatchedDense, GroupedConv2D
 from branchzoo.layers.multipath import MultiPathBlock
 from branchzoo.layers.resnext import ResNeXtModule
@@ -18,4 +19,5 @@ __all__ = [
     "MultiPathBlock",
     "GatedConnect",
     "ResNeXtModule",
+    "BranchSum",
 ]
