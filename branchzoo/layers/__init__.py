@@ -5,7 +5,14 @@ Every public layer is registered with
 ``.keras`` file that uses them loads without ``custom_objects``.
 """
 
+from branchzoo.layers.branched_generator import (
+    BranchedGenerator,
+    GaussianBlur,
+    LearnedDiffusion,
+    MultiDomainDiscriminator,
+)
 from branchzoo.layers.grouped import BatchedDense, GroupedConv2D
 from branchzoo.layers.multipath import MultiPathBlock
 
-__all__ = ["BatchedDense", "GroupedConv2D", "MultiPathBlock"]
+__all__ = ["BatchedDense", "BranchedGenerator", "GaussianBlur", "GroupedConv2D", "LearnedDiffusion",
+           "MultiDomainDiscriminator", "MultiPathBlock"]
