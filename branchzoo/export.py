@@ -50,7 +50,10 @@ def export_saved_model(model, path, verify_batch=None, atol=1e-5):
     Args:
         model: a Keras model (TensorFlow backend).
         path: the SavedModel folder to write.
-        verify_batch: optional input batch (numpy) to check the export on.
+        verify_batch: optional input batch (numpy) to check the export on;
+            a list (or tuple) of arrays for a model with several inputs
+            (e.g. a generator's ``[images, target_classes]``), which the
+            ``serve`` endpoint takes as one list.
         atol: largest allowed absolute difference.
 
     Returns:
@@ -68,7 +71,11 @@ def export_saved_model(model, path, verify_batch=None, atol=1e-5):
         diff = 0.0
         if verify_batch is not None:
             reloaded = tf.saved_model.load(target)  # keep a reference: it owns the variables
-            served = reloaded.serve(tf.constant(verify_batch))
+            if isinstance(verify_batch, (list, tuple)):
+                verify_batch = [np.asarray(part) for part in verify_batch]
+                served = reloaded.serve([tf.constant(part) for part in verify_batch])
+            else:
+                served = reloaded.serve(tf.constant(verify_batch))
             expected = model(verify_batch, training=False)
             diff = float(np.max(np.abs(np.asarray(served) - np.asarray(expected))))
             if not diff <= atol:

@@ -10,7 +10,8 @@ import tensorflow as tf
 import branchzoo.layers as bzl
 from branchzoo.export import export_saved_model
 
-# One small instance per public layer, with an input shape (batch excluded).
+# One small instance per public layer, with an input shape (batch excluded), or a list of
+# (shape, dtype) for a layer called on several inputs (integer inputs are class ids below 2).
 SAMPLES = {
     "MultiPathBlock": (lambda: bzl.MultiPathBlock(4, [[1, 3], [2, 5]], strides=2), (8, 8, 3)),
     "GroupedConv2D": (lambda: bzl.GroupedConv2D(8, 3, padding="same", groups=4), (8, 8, 8)),
@@ -24,6 +25,14 @@ SAMPLES = {
     "GatedConnect": (lambda: bzl.GatedConnect(4, 2, seed=3), (6, 6, 4 * 3)),
     "ResNeXtModule": (lambda: bzl.ResNeXtModule(4, 2, 6, strides=2), (8, 8, 4 * 3)),
     "BranchSum": (lambda: bzl.BranchSum(3, logit_clamp=1.5), (3, 5)),
+    "GaussianBlur": (lambda: bzl.GaussianBlur(1.0), (8, 8, 3)),
+    "LearnedDiffusion": (lambda: bzl.LearnedDiffusion(3, filters=8, num_layers=4), (8, 8, 3)),
+    "MultiDomainDiscriminator": (lambda: bzl.MultiDomainDiscriminator(3, dim_in=4, max_dim=8), (16, 16, 3)),
+    "BranchedGenerator": (
+        lambda: bzl.BranchedGenerator(2, 2, dim_in=4, max_dim=8, style_dim=4, num_downsamples=1,
+                                      smoothing="learned", diffusion_filters=8, diffusion_layers=3),
+        [((8, 8, 3), "float32"), ((), "int32")],
+    ),
 }
 
 
@@ -31,10 +40,22 @@ def test_every_public_layer_has_a_sample():
     assert sorted(SAMPLES) == sorted(bzl.__all__)
 
 
+def _specs(shape):
+    return shape if isinstance(shape, list) else [(shape, "float32")]
+
+
 def _model(name):
     factory, shape = SAMPLES[name]
-    inputs = keras.Input(shape)
+    inputs = [keras.Input(s, dtype=d) for s, d in _specs(shape)]
+    inputs = inputs if len(inputs) > 1 else inputs[0]
     return keras.Model(inputs, factory()(inputs)), shape
+
+
+def _batch(shape, seed, size=2):
+    rng = np.random.default_rng(seed)
+    parts = [rng.integers(0, 2, (size, *s)).astype(d) if d.startswith("int")
+             else rng.standard_normal((size, *s)).astype(d) for s, d in _specs(shape)]
+    return parts if len(parts) > 1 else parts[0]
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
@@ -52,7 +73,7 @@ def test_config_round_trip(name):
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_keras_file_round_trip_without_custom_objects(name, tmp_path):
     model, shape = _model(name)
-    x = np.random.default_rng(1).standard_normal((2, *shape)).astype("float32")
+    x = _batch(shape, 1)
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.models.load_model(path)  # no custom_objects
@@ -62,12 +83,12 @@ def test_keras_file_round_trip_without_custom_objects(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_saved_model_export_reproduces_outputs(name, tmp_path):
     model, shape = _model(name)
-    x = np.random.default_rng(2).standard_normal((2, *shape)).astype("float32")
+    x = _batch(shape, 2)
     path = tmp_path / "exported"
     diff = export_saved_model(model, str(path), verify_batch=x)
     assert diff <= 1e-5
     reloaded = tf.saved_model.load(str(path))
-    served = reloaded.serve(tf.constant(x))
+    served = reloaded.serve([tf.constant(p) for p in x] if isinstance(x, list) else tf.constant(x))
     np.testing.assert_allclose(np.asarray(served), model.predict(x, verbose=0), atol=1e-5)
     assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no temp folders left
 

@@ -18,6 +18,7 @@ family modules (modular, specialization, gated, ...) register theirs.
 
 from branchzoo.analysis import modular  # noqa: F401  (registers robustness, specialists, entropy, confusion, dominance)
 from branchzoo.analysis import specialization  # noqa: F401  (registers "specialization")
+from branchzoo.analysis import decomposition  # noqa: F401  (registers "decomposition")
 from branchzoo.analysis.features import feature_model, feature_names
 from branchzoo.analysis.cka import (
     CKAAccumulator, center_gram, cka, cka_from_grams, cka_matrix, cka_with_output, gram_linear, gram_rbf,

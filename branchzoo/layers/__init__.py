@@ -8,6 +8,12 @@ Every public layer is registered with
 from branchzoo.layers.ensemble import ModularLossEnsemble
 from branchzoo.layers.gated import GatedConnect
 from branchzoo.layers.branch_sum import BranchSum
+from branchzoo.layers.branched_generator import (
+    BranchedGenerator,
+    GaussianBlur,
+    LearnedDiffusion,
+    MultiDomainDiscriminator,
+)
 from branchzoo.layers.grouped import BatchedDense, GroupedConv2D
 from branchzoo.layers.multipath import MultiPathBlock
 from branchzoo.layers.resnext import ResNeXtModule
@@ -20,4 +26,8 @@ __all__ = [
     "GatedConnect",
     "ResNeXtModule",
     "BranchSum",
+    "BranchedGenerator",
+    "GaussianBlur",
+    "LearnedDiffusion",
+    "MultiDomainDiscriminator",
 ]
