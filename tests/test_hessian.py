@@ -142,3 +142,17 @@ def test_needs_a_branch_sum_model():
     with pytest.raises(ValueError, match="exactly one BranchSum layer"):
         branch_parameter_index(plain)
     assert branch_parameter_index(plain, num_branches=1).tolist() == [0, 0, 0]
+
+
+def test_experiment_script_writes_figure_and_table(tmp_path):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("branch_hessian", f"{REPO}/experiments/branch_hessian.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--branches", "2", "--hidden", "2", "--steps", "4", "--every", "2", "--output", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["branch_hessian.md", "branch_hessian.png"]
+    table = (tmp_path / "branch_hessian.md").read_text()
+    assert "| 0 |" in table and "| 4 |" in table

@@ -164,3 +164,13 @@ def test_evaluate_report_of_the_zoo_digits_entry(tmp_path):
     numbers = _train_and_report("branched_resnet18_8x4_digits", tmp_path,
                                 model_kwargs={"num_branches": 3, "base_width": 2})
     assert numbers["num_branches"] == 3 and numbers["num_examples"] == 64
+
+
+def test_confidence_figure_spreads_examples_over_classes():
+    from branchzoo.analysis.specialization import _spread
+
+    labels = np.repeat(np.arange(4), 50)  # sorted by class, as an image-folder test split is
+    picked = _spread(200, labels, 20)
+    assert np.bincount(labels[picked]).tolist() == [5, 5, 5, 5]
+    assert _spread(200, None, 5).tolist() == [0, 49, 99, 149, 199]
+    assert _spread(3, labels[:3], 20).tolist() == [0, 1, 2]

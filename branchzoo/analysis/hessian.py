@@ -165,6 +165,8 @@ def block_shares(hessian, branch_index):
     shared = (idx[:, None] < 0) | (idx[None, :] < 0)
     same = (idx[:, None] == idx[None, :]) & ~shared
     parts = {"intra": sq[same].sum(), "inter": sq[~same & ~shared].sum(), "shared": sq[shared].sum()}
+    if not np.isfinite(total):  # a diverged model: say so rather than report shares of nothing
+        return {"intra": float("nan"), "inter": float("nan"), "shared": float("nan"), "inter_to_intra": None}
     result = {k: float(v / total) if total > 0 else 0.0 for k, v in parts.items()}
     result["inter_to_intra"] = float(np.sqrt(parts["inter"] / parts["intra"])) if parts["intra"] > 0 else None
     return result
@@ -219,21 +221,29 @@ def interbranch_share_during_training(model, x, y, loss=None, steps=200, lr=0.05
     return history
 
 
-def hessian_figure(hessian, branch_index, title="Loss Hessian (|H|, branch blocks outlined)"):
-    """``log10 |H|`` with the parameters grouped by branch and the blocks outlined."""
+def _axes(ax, size):
+    if ax is not None:
+        return ax.figure, ax
     from matplotlib.figure import Figure
 
+    fig = Figure(figsize=size)
+    return fig, fig.add_subplot()
+
+
+def hessian_figure(hessian, branch_index, title="Loss Hessian (|H|, branch blocks outlined)", ax=None):
+    """``log10 |H|`` with the parameters grouped by branch and the blocks outlined.
+
+    Draws into `ax` when given (returns its figure), else into a new Figure.
+    """
     h = np.asarray(hessian, dtype=np.float64)
     idx = np.asarray(branch_index).reshape(-1)
     order = np.argsort(np.where(idx < 0, idx.max() + 1, idx), kind="stable")
     h = np.abs(h[np.ix_(order, order)])
-    fig = Figure(figsize=(4.4, 3.8))
-    ax = fig.add_subplot()
+    fig, ax = _axes(ax, (4.4, 3.8))
     floor = max(h.max(), 1e-30) * 1e-6
     image = ax.imshow(np.log10(np.maximum(h, floor)), cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="log10 |H|")
-    edges = np.flatnonzero(np.diff(idx[order])) + 0.5
-    for e in edges:
+    for e in np.flatnonzero(np.diff(idx[order])) + 0.5:
         ax.axhline(e, color="w", lw=0.6)
         ax.axvline(e, color="w", lw=0.6)
     ax.set_xlabel("parameter (grouped by branch)")
@@ -243,12 +253,9 @@ def hessian_figure(hessian, branch_index, title="Loss Hessian (|H|, branch block
     return fig
 
 
-def share_figure(history, title="Inter-branch share of the Hessian norm during training"):
+def share_figure(history, title="Inter-branch share of the Hessian norm during training", ax=None):
     """The ``inter`` share and the loss of `interbranch_share_during_training` against the step."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.6, 3.0))
-    ax = fig.add_subplot()
+    fig, ax = _axes(ax, (4.6, 3.0))
     ax.plot(history["step"], history["inter"], "o-", ms=3, color="C0", label="inter-branch share")
     ax.set_xlabel("gradient-descent step")
     ax.set_ylabel("||H_inter||^2 / ||H||^2", color="C0")

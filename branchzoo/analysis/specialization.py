@@ -230,7 +230,9 @@ def specialization_summary(branch_outputs, labels, threshold=SILENT_THRESHOLD):
         the sum of the positive ones; 1 when one branch carries the class,
         1/N when all contribute equally), ``mean_top_branch_share``,
         ``dominant_branch`` (per class), ``branch_accuracy`` (each branch
-        alone) and ``sum_accuracy`` (of the summed logits).
+        alone) and ``sum_accuracy`` (of the unclamped sum of the branch
+        logits: ties at a `BranchSum` clamp can make the model's own
+        accuracy slightly lower).
     """
     outputs = _as_outputs(branch_outputs)
     n, num_branches, k = outputs.shape
@@ -314,14 +316,34 @@ def contribution_figure(contributions, class_names=None,
     return fig
 
 
+def _spread(num_examples, labels, count):
+    """Up to `count` example indices spread over the classes (round-robin) or evenly over the set."""
+    if num_examples <= count:
+        return np.arange(num_examples)
+    if labels is None:
+        return np.unique(np.linspace(0, num_examples - 1, count).astype(int))
+    labels = np.asarray(labels).reshape(-1)
+    per_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    picked, i = [], 0
+    while len(picked) < count:
+        for members in per_class:
+            if i < len(members) and len(picked) < count:
+                picked.append(members[i])
+        i += 1
+    return np.sort(np.asarray(picked))
+
+
 def confidence_figure(confidence, labels=None, max_examples=200,
                       title="Branch confidence on the true class"):
     """Examples x branches heatmap of `branch_confidence` (Fig. 7).
 
-    Examples are grouped by the branch most confident about them (then by
-    that confidence), so that each branch's block of "own" examples shows.
+    At most `max_examples` examples are drawn, spread over the classes when
+    `labels` are given (evenly over the set otherwise), and grouped by the
+    branch most confident about them (then by that confidence), so that each
+    branch's block of "own" examples shows.
     """
-    conf = np.asarray(confidence, dtype=np.float64)[:max_examples]
+    conf = np.asarray(confidence, dtype=np.float64)
+    conf = conf[_spread(len(conf), labels, max_examples)]
     order = np.lexsort((-conf.max(axis=1), conf.argmax(axis=1)))
     fig = _figure(4.6, 3.8)
     ax = fig.add_subplot()
@@ -423,11 +445,10 @@ def specialization_report(branch_outputs, labels, class_names=None, threshold=SI
     numbers.update({"covariance": covariance, "class_contribution": contributions,
                     "activity": silent["activity"], "num_examples": int(outputs.shape[0])})
     figures = {
-        "covariance": covariance_figure(covariance, "Branch covariance of the correct-logit response"),
-        "correlation": covariance_figure(correlation, "Branch correlation of the correct-logit response",
-                                         label="correlation"),
+        "covariance": covariance_figure(covariance, "Branch covariance (correct logit)"),
+        "correlation": covariance_figure(correlation, "Branch correlation (correct logit)", label="correlation"),
         "class_contribution": contribution_figure(contributions, class_names),
-        "confidence": confidence_figure(branch_confidence(outputs, labels)),
+        "confidence": confidence_figure(branch_confidence(outputs, labels), labels),
         "activity": activity_figure(silent["activity"], silent["silent"]),
     }
     return AnalysisResult(numbers=_finite(numbers), figures=figures)
