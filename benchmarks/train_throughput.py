@@ -47,14 +47,17 @@ def measure(name, size, batch, steps, overrides):
 
     import branchzoo
     from branchzoo.models.mpnet import mpnet_title
-    from branchzoo.training import compile_classifier
+    from branchzoo import tasks
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch * steps, size, size, 3)).astype("float32")
     y = rng.integers(0, 10, batch * steps)
     card = branchzoo.model_card(name)
     model = branchzoo.build(name, input_shape=(size, size, 3), num_classes=10, **overrides)
-    compile_classifier(model, keras.optimizers.SGD(0.01, momentum=0.9))
+    # compiled as train.py compiles a classifier recipe: SGD momentum 0.9, cross-entropy, top-1/5
+    tasks.get_task("classification").compile(
+        model, {"recipe": {}, "jit_compile": "auto"},
+        {"optimizer": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9}}, steps)
     model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # trace + warm-up
     timer = StepTimer()
     start = time.perf_counter()

@@ -466,13 +466,30 @@ def _analysis_callbacks(p):
 
 
 def analysis_data(task, run, info, max_batches=None):
-    """What analyses read: the test split and an unaugmented train split, once each."""
+    """What analyses read: the test split and an unaugmented train split.
+
+    With `max_batches`, each split is a uniform seeded sample of that many
+    batches' worth of examples (not its first batches: image folders come
+    sorted by class).
+    """
+    from branchzoo.analysis.extraction import as_arrays
     from branchzoo.analysis.registry import AnalysisData
 
-    plain = dict(run, augment=False, steps_per_epoch=max_batches or run.get("steps_per_epoch"))
+    plain = dict(run, augment=False, steps_per_epoch=None)
+    train = task.train_data(plain, 0, 1) if info.num_examples.get("train") else None
+    test = task.test_data(run)
+    if max_batches:
+        limit, batch = max_batches * run["batch_size"], run["batch_size"]
+
+        def sample(data, offset):
+            x, y = as_arrays(data, limit, run.get("seed", 0) + offset)
+            return [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
+
+        train = sample(train, 0) if train is not None else None
+        test = sample(test, 1)
     return AnalysisData(
-        train=task.train_data(plain, 0, 1) if info.num_examples.get("train") else None,
-        test=task.test_data(run, steps=max_batches),
+        train=train,
+        test=test,
         num_classes=info.num_classes,
         class_names=list(getattr(info, "class_names", None) or []) or None,
         seed=run.get("seed", 0),
