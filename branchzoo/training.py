@@ -482,6 +482,9 @@ def analysis_data(task, run, info, max_batches=None):
         limit, batch = max_batches * run["batch_size"], run["batch_size"]
 
         def sample(data, offset):
+            spec = getattr(data, "element_spec", None)
+            if not (isinstance(spec, tuple) and len(spec) == 2 and all(hasattr(s, "shape") for s in spec)):
+                return data.take(max_batches)  # not (x, y) batches (e.g. pairs): the first batches
             x, y = as_arrays(data, limit, run.get("seed", 0) + offset)
             return [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
 
