@@ -438,6 +438,29 @@ def test_train_evaluate_and_decomposition_report_by_recipe(tiny_run):
         "decomposition-grid.png", "decomposition-correlation.png", "report.json"}
 
 
+@pytest.mark.slow
+def test_resume_restores_both_optimizers(tmp_path):
+    from test_tasks import StopAfterEpoch
+
+    def run(out):
+        config = training.resolve_run_config("branched_gan_tiny_digits", output=str(out), steps_per_epoch=2,
+                                             epochs=2, deterministic=True, validate=False)
+        config["recipe"]["log_images_every"] = 0
+        return config
+
+    straight = training.train(run(tmp_path / "straight"), verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(run(tmp_path / "run"), verbose=0, callbacks=[StopAfterEpoch(1)])
+    resumed = training.train(run(tmp_path / "run"), resume=True, verbose=0)
+    assert resumed["first_epoch_in_this_process"] == 2
+    for key in ("d_loss", "g_loss", "d_acc", "branch1_energy"):  # Adam moments of both players restored
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-5), key
+    a = keras.models.load_model(tmp_path / "run" / "model.keras")
+    b = keras.models.load_model(tmp_path / "straight" / "model.keras")
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+
+
 def test_gan_task_refuses_unpaired_or_unlabelled_data(tmp_path):
     run = training.resolve_run_config("branched_gan_tiny_digits", dataset="toy_xor1d", output=str(tmp_path / "a"))
     with pytest.raises(ValueError, match="class_transfer_gan"):
@@ -447,6 +470,32 @@ def test_gan_task_refuses_unpaired_or_unlabelled_data(tmp_path):
     with pytest.raises(ValueError, match="pairing"):
         training.prepare(run)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_any_class_folder_tree_trains_as_pairs_at_the_given_size(tmp_path, monkeypatch):
+    """`--dataset image_folder --data-dir DIR` on an AFHQ-like tree (train/, val/), image size and branches given."""
+    from data_helpers import make_image_folder
+
+    from branchzoo import data
+
+    monkeypatch.setenv("BRANCHZOO_HOME", str(tmp_path / "home"))
+    data.clear_cache()
+    root = tmp_path / "afhq_like"
+    make_image_folder(root, classes=("cat", "dog", "wild"), per_class=3, size=(24, 24))
+    os.rename(root / "test", root / "val")
+    run = training.resolve_run_config(
+        "branched_gan_tiny_digits", dataset="image_folder", data_dir=str(root), output=str(tmp_path / "run"),
+        dataset_options={"image_size": 16}, model_kwargs={"num_branches": 3})
+    prepared = training.prepare(run)
+    gan = prepared.model
+    assert gan.generator.inputs[0].shape == (None, 16, 16, 3) and gan.num_branches == 3
+    assert gan.discriminator.output.shape == (None, 3)  # one logit per class folder
+    (images, source), target = next(iter(prepared.task.train_data(prepared.run, 0, 1)))
+    images, source, target = np.asarray(images), np.asarray(source), np.asarray(target)
+    assert images.shape == (9, 16, 16, 3) and images.min() >= -1.0 and images.max() <= 1.0
+    assert np.all(source != target) and set(target) <= {0, 1, 2}
+    assert not (tmp_path / "run").exists()  # prepare writes nothing
+    data.clear_cache()
 
 
 REAL_DATA = os.environ.get("BRANCHZOO_DATA_DIR")
@@ -460,7 +509,8 @@ def test_cifar10_cat_dog_run_writes_a_decomposition_grid(tmp_path):
 
     out = tmp_path / "run"
     run_cli("train.py", "--model", "branched_gan_cifar10_catdog", "--data-dir", REAL_DATA, "--epochs", "1",
-            "--steps-per-epoch", "8", "--batch-size", "16", "--no-validate", "--output", str(out))
+            "--steps-per-epoch", "4", "--batch-size", "8", "--no-validate", "--output", str(out),
+            "--model-kwargs", "smoothing=learned")  # the entry's Gaussian S is covered on digits
     metrics = read_json(out / "metrics.json")
     config = read_json(out / "config.json")
     assert config["dataset_info"]["options"]["classes"] == ["cat", "dog"]
