@@ -145,6 +145,49 @@ def test_class_conditioning_changes_the_output_and_branches_stay_separate():
     assert np.abs(np.asarray(moved["branches"])[:, 1] - np.asarray(a["branches"])[:, 1]).max() > 1e-3
 
 
+OTHER_BACKEND_SCRIPT = r"""
+import sys
+import numpy as np
+import keras
+import branchzoo.layers as bzl
+saved = np.load(sys.argv[1])
+x, classes = saved["x"], saved["classes"]
+gen = bzl.BranchedGenerator(2, 3, dim_in=4, max_dim=8, style_dim=4, num_downsamples=2, smoothing="learned",
+                            diffusion_filters=8, diffusion_layers=4)
+gen([x, classes])
+gen.set_weights([saved[f"w{i}"] for i in range(len(gen.get_weights()))])
+out = gen([x, classes], return_branches=True)
+disc = bzl.MultiDomainDiscriminator(3, dim_in=4, max_dim=8)
+disc(x)
+disc.set_weights([saved[f"d{i}"] for i in range(len(disc.get_weights()))])
+np.savez(sys.argv[2], backend=keras.config.backend(), logits=keras.ops.convert_to_numpy(disc(x)),
+         **{k: keras.ops.convert_to_numpy(v) for k, v in out.items()})
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_layers_give_the_same_outputs_on_another_backend(backend, tmp_path):
+    pytest.importorskip(backend)
+    x, classes = _images(2, 16), np.array([2, 0], "int32")
+    gen = bzl.BranchedGenerator(2, 3, dim_in=4, max_dim=8, style_dim=4, num_downsamples=2, smoothing="learned",
+                                diffusion_filters=8, diffusion_layers=4)
+    expected = gen([x, classes], return_branches=True)
+    disc = bzl.MultiDomainDiscriminator(3, dim_in=4, max_dim=8)
+    logits = disc(x)
+    np.savez(tmp_path / "in.npz", x=x, classes=classes, **{f"w{i}": w for i, w in enumerate(gen.get_weights())},
+             **{f"d{i}": w for i, w in enumerate(disc.get_weights())})
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-c", OTHER_BACKEND_SCRIPT, str(tmp_path / "in.npz"),
+                           str(tmp_path / "out.npz")], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = np.load(tmp_path / "out.npz")
+    assert str(got["backend"]) == backend
+    for key in ("image", "branches", "smooth"):
+        np.testing.assert_allclose(got[key], np.asarray(expected[key]), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got["logits"], np.asarray(logits), rtol=0, atol=1e-4)
+
+
 # -- parameter counts: StarGAN v2's layers, counted by hand ---------------------------
 
 
