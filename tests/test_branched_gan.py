@@ -409,7 +409,8 @@ for kind in ("default", "mirrored"):
     with strategy.scope():
         gan = branched_gan(**kw)
         gan.set_weights(weights)
-        gan.compile(keras.optimizers.SGD(0.05), keras.optimizers.SGD(0.05))
+        # momentum: slot variables, which must exist before the per-replica step (first step = plain SGD)
+        gan.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.SGD(0.05, momentum=0.9))
     logs = {k: float(v[0]) for k, v in gan.fit(data, epochs=1, verbose=0, shuffle=False).history.items()}
     out[kind] = logs
     out[kind + "_replicas"] = strategy.num_replicas_in_sync
@@ -435,6 +436,19 @@ def test_one_step_under_mirrored_strategy_on_two_cpus_equals_one_device(tmp_path
     a, b = np.load(tmp_path / "w-default.npz"), np.load(tmp_path / "w-mirrored.npz")
     for key in a.files:  # the same update: gradients summed over replicas of loss / replicas
         np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_train_cli_under_mirrored_strategy_with_grids_and_export(tmp_path):
+    from test_train import read_json, run_cli, scalar_tags
+
+    out = tmp_path / "run"
+    run_cli("train.py", "--model", "branched_gan_tiny_digits", "--epochs", "1", "--steps-per-epoch", "2",
+            "--strategy", "mirrored", "--cpu-devices", "2", "--output", str(out), "--export", str(tmp_path / "sm"))
+    metrics = read_json(out / "metrics.json")
+    assert metrics["replicas"] == 2 and metrics["export_max_abs_diff"] <= 1e-5
+    assert np.isfinite(metrics["d_loss"]) and len(metrics["history"]["d_loss"]) == 1
+    assert "decomposition" in scalar_tags(str(out / "logs" / "images"))[0]
 
 
 @pytest.fixture
