@@ -192,3 +192,15 @@ def test_resnext_step_arguments_are_checked():
     assert proc.returncode == 2 and "--fan-in" in proc.stderr and "9" in proc.stderr
     proc = run_cli("benchmarks/resnext_step.py", "--stage-widths", "8,8", check=False)
     assert proc.returncode == 2 and "--stage-widths" in proc.stderr and "'8,8'" in proc.stderr
+@pytest.mark.slow
+def test_gan_throughput_prints_a_row_per_model():
+    proc = run_cli("benchmarks/gan_throughput.py", "--models", "branched_gan_tiny*", "--batch-size", "4",
+                   "--steps", "2", "--model-kwargs", "dim_in=4", "max_dim=8", "discriminator_dim_in=4")
+    rows = table_rows(proc.stdout)
+    assert [row[0] for row in rows] == ["branched_gan_tiny_digits"]
+    generator, discriminator = (int(v.replace(",", "")) for v in rows[0][2:4])
+    assert generator > 0 and discriminator > 0
+    median, fastest, per_step, per_epoch = (float(v) for v in rows[0][4:8])
+    assert 0 < fastest <= median
+    assert per_step == pytest.approx(4 / (median / 1000), rel=0.05)
+    assert per_epoch > 0

@@ -145,6 +145,49 @@ def test_class_conditioning_changes_the_output_and_branches_stay_separate():
     assert np.abs(np.asarray(moved["branches"])[:, 1] - np.asarray(a["branches"])[:, 1]).max() > 1e-3
 
 
+OTHER_BACKEND_SCRIPT = r"""
+import sys
+import numpy as np
+import keras
+import branchzoo.layers as bzl
+saved = np.load(sys.argv[1])
+x, classes = saved["x"], saved["classes"]
+gen = bzl.BranchedGenerator(2, 3, dim_in=4, max_dim=8, style_dim=4, num_downsamples=2, smoothing="learned",
+                            diffusion_filters=8, diffusion_layers=4)
+gen([x, classes])
+gen.set_weights([saved[f"w{i}"] for i in range(len(gen.get_weights()))])
+out = gen([x, classes], return_branches=True)
+disc = bzl.MultiDomainDiscriminator(3, dim_in=4, max_dim=8)
+disc(x)
+disc.set_weights([saved[f"d{i}"] for i in range(len(disc.get_weights()))])
+np.savez(sys.argv[2], backend=keras.config.backend(), logits=keras.ops.convert_to_numpy(disc(x)),
+         **{k: keras.ops.convert_to_numpy(v) for k, v in out.items()})
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_layers_give_the_same_outputs_on_another_backend(backend, tmp_path):
+    pytest.importorskip(backend)
+    x, classes = _images(2, 16), np.array([2, 0], "int32")
+    gen = bzl.BranchedGenerator(2, 3, dim_in=4, max_dim=8, style_dim=4, num_downsamples=2, smoothing="learned",
+                                diffusion_filters=8, diffusion_layers=4)
+    expected = gen([x, classes], return_branches=True)
+    disc = bzl.MultiDomainDiscriminator(3, dim_in=4, max_dim=8)
+    logits = disc(x)
+    np.savez(tmp_path / "in.npz", x=x, classes=classes, **{f"w{i}": w for i, w in enumerate(gen.get_weights())},
+             **{f"d{i}": w for i, w in enumerate(disc.get_weights())})
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-c", OTHER_BACKEND_SCRIPT, str(tmp_path / "in.npz"),
+                           str(tmp_path / "out.npz")], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = np.load(tmp_path / "out.npz")
+    assert str(got["backend"]) == backend
+    for key in ("image", "branches", "smooth"):
+        np.testing.assert_allclose(got[key], np.asarray(expected[key]), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got["logits"], np.asarray(logits), rtol=0, atol=1e-4)
+
+
 # -- parameter counts: StarGAN v2's layers, counted by hand ---------------------------
 
 
@@ -366,7 +409,8 @@ for kind in ("default", "mirrored"):
     with strategy.scope():
         gan = branched_gan(**kw)
         gan.set_weights(weights)
-        gan.compile(keras.optimizers.SGD(0.05), keras.optimizers.SGD(0.05))
+        # momentum: slot variables, which must exist before the per-replica step (first step = plain SGD)
+        gan.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.optimizers.SGD(0.05, momentum=0.9))
     logs = {k: float(v[0]) for k, v in gan.fit(data, epochs=1, verbose=0, shuffle=False).history.items()}
     out[kind] = logs
     out[kind + "_replicas"] = strategy.num_replicas_in_sync
@@ -392,6 +436,19 @@ def test_one_step_under_mirrored_strategy_on_two_cpus_equals_one_device(tmp_path
     a, b = np.load(tmp_path / "w-default.npz"), np.load(tmp_path / "w-mirrored.npz")
     for key in a.files:  # the same update: gradients summed over replicas of loss / replicas
         np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_train_cli_under_mirrored_strategy_with_grids_and_export(tmp_path):
+    from test_train import read_json, run_cli, scalar_tags
+
+    out = tmp_path / "run"
+    run_cli("train.py", "--model", "branched_gan_tiny_digits", "--epochs", "1", "--steps-per-epoch", "2",
+            "--strategy", "mirrored", "--cpu-devices", "2", "--output", str(out), "--export", str(tmp_path / "sm"))
+    metrics = read_json(out / "metrics.json")
+    assert metrics["replicas"] == 2 and metrics["export_max_abs_diff"] <= 1e-5
+    assert np.isfinite(metrics["d_loss"]) and len(metrics["history"]["d_loss"]) == 1
+    assert "decomposition" in scalar_tags(str(out / "logs" / "images"))[0]
 
 
 @pytest.fixture
@@ -438,6 +495,29 @@ def test_train_evaluate_and_decomposition_report_by_recipe(tiny_run):
         "decomposition-grid.png", "decomposition-correlation.png", "report.json"}
 
 
+@pytest.mark.slow
+def test_resume_restores_both_optimizers(tmp_path):
+    from test_tasks import StopAfterEpoch
+
+    def run(out):
+        config = training.resolve_run_config("branched_gan_tiny_digits", output=str(out), steps_per_epoch=2,
+                                             epochs=2, deterministic=True, validate=False)
+        config["recipe"]["log_images_every"] = 0
+        return config
+
+    straight = training.train(run(tmp_path / "straight"), verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(run(tmp_path / "run"), verbose=0, callbacks=[StopAfterEpoch(1)])
+    resumed = training.train(run(tmp_path / "run"), resume=True, verbose=0)
+    assert resumed["first_epoch_in_this_process"] == 2
+    for key in ("d_loss", "g_loss", "d_acc", "branch1_energy"):  # Adam moments of both players restored
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-5), key
+    a = keras.models.load_model(tmp_path / "run" / "model.keras")
+    b = keras.models.load_model(tmp_path / "straight" / "model.keras")
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+
+
 def test_gan_task_refuses_unpaired_or_unlabelled_data(tmp_path):
     run = training.resolve_run_config("branched_gan_tiny_digits", dataset="toy_xor1d", output=str(tmp_path / "a"))
     with pytest.raises(ValueError, match="class_transfer_gan"):
@@ -447,6 +527,32 @@ def test_gan_task_refuses_unpaired_or_unlabelled_data(tmp_path):
     with pytest.raises(ValueError, match="pairing"):
         training.prepare(run)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_any_class_folder_tree_trains_as_pairs_at_the_given_size(tmp_path, monkeypatch):
+    """`--dataset image_folder --data-dir DIR` on an AFHQ-like tree (train/, val/), image size and branches given."""
+    from data_helpers import make_image_folder
+
+    from branchzoo import data
+
+    monkeypatch.setenv("BRANCHZOO_HOME", str(tmp_path / "home"))
+    data.clear_cache()
+    root = tmp_path / "afhq_like"
+    make_image_folder(root, classes=("cat", "dog", "wild"), per_class=3, size=(24, 24))
+    os.rename(root / "test", root / "val")
+    run = training.resolve_run_config(
+        "branched_gan_tiny_digits", dataset="image_folder", data_dir=str(root), output=str(tmp_path / "run"),
+        dataset_options={"image_size": 16}, model_kwargs={"num_branches": 3})
+    prepared = training.prepare(run)
+    gan = prepared.model
+    assert gan.generator.inputs[0].shape == (None, 16, 16, 3) and gan.num_branches == 3
+    assert gan.discriminator.output.shape == (None, 3)  # one logit per class folder
+    (images, source), target = next(iter(prepared.task.train_data(prepared.run, 0, 1)))
+    images, source, target = np.asarray(images), np.asarray(source), np.asarray(target)
+    assert images.shape == (9, 16, 16, 3) and images.min() >= -1.0 and images.max() <= 1.0
+    assert np.all(source != target) and set(target) <= {0, 1, 2}
+    assert not (tmp_path / "run").exists()  # prepare writes nothing
+    data.clear_cache()
 
 
 REAL_DATA = os.environ.get("BRANCHZOO_DATA_DIR")
@@ -460,7 +566,8 @@ def test_cifar10_cat_dog_run_writes_a_decomposition_grid(tmp_path):
 
     out = tmp_path / "run"
     run_cli("train.py", "--model", "branched_gan_cifar10_catdog", "--data-dir", REAL_DATA, "--epochs", "1",
-            "--steps-per-epoch", "8", "--batch-size", "16", "--no-validate", "--output", str(out))
+            "--steps-per-epoch", "4", "--batch-size", "8", "--no-validate", "--output", str(out),
+            "--model-kwargs", "smoothing=learned")  # the entry's Gaussian S is covered on digits
     metrics = read_json(out / "metrics.json")
     config = read_json(out / "config.json")
     assert config["dataset_info"]["options"]["classes"] == ["cat", "dog"]

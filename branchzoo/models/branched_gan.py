@@ -146,14 +146,19 @@ class BranchedGAN(keras.Model):
         super().compile(optimizer=None, **kwargs)
         self.g_optimizer = g_optimizer or default_optimizer()
         self.d_optimizer = d_optimizer or default_optimizer()
+        if self.built:
+            # Now, in the caller's strategy scope: created lazily in the first (traced, per-replica)
+            # step, a MirroredStrategy cannot initialise the slot variables.
+            self.build_optimizers()
 
     def get_compile_config(self):
         return None  # two optimizers: compiled again by the task, not from the file
 
     def build_optimizers(self):
-        """Creates both optimizers' variables (before a backup is restored into them)."""
-        self.g_optimizer.build(self.generator.trainable_variables)
-        self.d_optimizer.build(self.discriminator.trainable_variables)
+        """Creates both optimizers' variables (at compile; before a backup is restored into them)."""
+        for optimizer, net in ((self.g_optimizer, self.generator), (self.d_optimizer, self.discriminator)):
+            if not optimizer.built:
+                optimizer.build(net.trainable_variables)
 
     def _update(self, values):
         for name, value in values.items():
