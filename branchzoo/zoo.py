@@ -231,10 +231,17 @@ def load(name, weights="default", **overrides):
         return build(name, **overrides)
     if weights == "default":
         if not entry.get("weights"):
+            alternative = entry.get("pretrained_alternative")
+            hint = ""
+            if alternative:
+                published = bool(get_entry(alternative).get("weights"))
+                hint = (f" Published weights of the same family: branchzoo.load('{alternative}')." if published
+                        else f" The family's weights are published under '{alternative}' (none trained yet).")
             raise ValueError(
                 f"Model '{entry['name']}' has no published weights. Build it untrained "
                 f"with branchzoo.load('{entry['name']}', weights=None) (or branchzoo.build), "
-                f"or train it with: {entry['recipe'].get('command', 'python train.py --model ' + entry['name'])}"
+                f"or train it with: {entry['recipe'].get('command', 'python train.py --model ' + entry['name'])}."
+                + hint
             )
         path = fetch_weights(entry["name"])
     elif isinstance(weights, (str, os.PathLike)):

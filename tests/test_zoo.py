@@ -241,3 +241,13 @@ def test_download_module_fetches_verified_files(tmp_path, cache_home):
     with pytest.raises(ValueError, match="does not match its sha256"):
         download.fetch_file(source.as_uri(), "w2.bin", "0" * 64, subdir="t")
     assert sorted(os.listdir(os.path.dirname(path))) == ["w.bin"]  # nothing half-fetched
+
+
+def test_unpublished_entry_names_its_alternative_and_its_command():
+    entry = zoo.get_entry("resnext_gated_cifar100")
+    with pytest.raises(ValueError) as info:
+        branchzoo.load("resnext_gated_cifar100")
+    message = str(info.value)
+    assert "no published weights" in message
+    assert entry["pretrained_alternative"] in message
+    assert "train" in message and "resnext_gated_cifar100" in message
