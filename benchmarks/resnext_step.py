@@ -72,17 +72,6 @@ def parse_args(argv=None):
     return args
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_flags():
     """The vector extensions that decide per-shape ratios (AVX-512, AMX), and the CPU model number."""
     info = {}
@@ -278,6 +267,8 @@ def main(argv=None):
     args = parse_args(argv)
     from grouped_conv import LoadMeter  # benchmarks/grouped_conv.py: CPU share of other processes
 
+    from branchzoo import training
+
     import keras
     import tensorflow as tf
 
@@ -292,7 +283,7 @@ def main(argv=None):
     ]
     print(f"# ResNeXt {{{args.depth},{args.width},{args.cardinality}}}, stage widths {args.stage_widths}, "
           f"{args.num_classes} classes, {args.image_size}x{args.image_size}, batch {args.batch_size}; "
-          f"CPU: {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores, {args.threads} threads; "
+          f"CPU: {training.cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores, {args.threads} threads; "
           f"Python {platform.python_version()}, TF {tf.__version__}, Keras {keras.__version__}"
           + (f", torch {torch.version}" if torch else ""))
     methods, params = {}, {}

@@ -36,19 +36,6 @@ def _update_entry(name, **fields):
     zoo.clear_cache()
 
 
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def _gpu_count():
     import tensorflow as tf
 
@@ -76,7 +63,7 @@ def publish_weights(name, run_dir=None, seed=0):
     started = time.time()
     trained = training.train(run, resume=os.path.exists(os.path.join(run_dir, "backup")), verbose=2)
     budget = {"epochs": trained["epochs"], "seconds_in_last_process": round(time.time() - started),
-              "cpu": _cpu_name(), "cores": os.cpu_count(), "gpus": _gpu_count()}
+              "cpu": training.cpu_name(), "cores": os.cpu_count(), "gpus": _gpu_count()}
     checkpoint = os.path.join(run_dir, "model.keras")
     metrics = training.evaluate(
         checkpoint=checkpoint, output=os.path.join(run_dir, "eval.json"), verbose=0

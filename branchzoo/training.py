@@ -127,6 +127,18 @@ def _jsonable(obj):
     return obj
 
 
+def cpu_name():
+    """The CPU's model name (per-shape speed ratios move between CPUs: record it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment():
     """Versions that a result depends on, recorded with every run."""
     import keras
