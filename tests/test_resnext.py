@@ -410,6 +410,7 @@ def test_builder_bad_arguments(kwargs, message):
 REAL_DATA = os.environ.get("BRANCHZOO_DATA_DIR")
 
 
+@pytest.mark.slow  # 50-90 s of CIFAR-10 training: CI runs it in the slow step
 @pytest.mark.realdata
 @pytest.mark.skipif(not (REAL_DATA and os.path.exists(os.path.join(REAL_DATA, "cifar10-jpeg.tar.gz"))),
                     reason="needs BRANCHZOO_DATA_DIR holding cifar10-jpeg.tar.gz")
