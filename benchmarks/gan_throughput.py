@@ -19,30 +19,14 @@ the whole timed epoch (steps plus Keras' per-epoch work).
 
 import argparse
 import os
-import platform
-import subprocess
-import sys
 import time
 
 from _args import positive_int  # benchmarks/_args.py (the script's folder is on sys.path)
+from train_throughput import StepTimer, machine_header, measure_each  # the same timing and driver
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-
-
-class StepTimer(keras.callbacks.Callback):
-    """Records the wall time of every training step."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def measure(name, batch, steps, overrides):
@@ -102,17 +86,13 @@ def main(argv=None):
         print(measure(args.one, args.batch_size, args.steps, overrides))
         return
 
-    import tensorflow as tf
-
     import branchzoo
 
     names = branchzoo.list_models(args.models)
     if not names:
         p.error(f"--models: expected a pattern matching zoo models, got {args.models!r} "
                 f"(registered: {', '.join(branchzoo.list_models())})")
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"TF {tf.__version__}, Keras {keras.__version__} ({keras.config.backend()}), "
-          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    print(machine_header())
     print(f"# batch {args.batch_size}, {args.steps} timed steps (one D and one G update each), "
           "one process per model")
     print("| model | config | G parameters | D parameters | median ms / step | fastest ms / step | "
@@ -121,13 +101,7 @@ def main(argv=None):
     forwarded = [f"--batch-size={args.batch_size}", f"--steps={args.steps}"]
     if args.model_kwargs:
         forwarded += ["--model-kwargs", *args.model_kwargs]
-    for name in names:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", name, *forwarded],
-                              capture_output=True, text=True)
-        rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-        if proc.returncode or not rows:
-            raise RuntimeError(f"measuring {name} failed:\n{proc.stderr[-3000:]}")
-        print(rows[-1], flush=True)
+    measure_each(__file__, names, forwarded)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,26 @@ def measure(name, size, batch, steps, overrides):
             f"{1000 * min(timer.seconds):.0f} | {batch / median:.1f} | {len(x) / seconds:.1f} |")
 
 
+def machine_header():
+    """The table's first line: the machine and the framework versions."""
+    import tensorflow as tf
+
+    return (f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"TF {tf.__version__}, Keras {keras.__version__} ({keras.config.backend()}), "
+            f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+
+
+def measure_each(script, names, forwarded):
+    """Runs ``script --one NAME`` per model in its own process; prints each table row."""
+    for name in names:
+        proc = subprocess.run([sys.executable, os.path.abspath(script), "--one", name, *forwarded],
+                              capture_output=True, text=True)
+        rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+        if proc.returncode or not rows:
+            raise RuntimeError(f"measuring {name} failed:\n{proc.stderr[-3000:]}")
+        print(rows[-1], flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="mpnet*", help="fnmatch pattern over zoo names")
@@ -89,13 +109,9 @@ def main(argv=None):
         print(measure(args.one, args.image_size, args.batch_size, args.steps, overrides))
         return
 
-    import tensorflow as tf
-
     import branchzoo
 
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"TF {tf.__version__}, Keras {keras.__version__} ({keras.config.backend()}), "
-          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    print(machine_header())
     print(f"# images {args.image_size}x{args.image_size}x3, batch {args.batch_size}, "
           f"{args.steps} timed steps, one process per model")
     print("| model | config | parameters | median ms / step | fastest ms / step | "
@@ -109,13 +125,7 @@ def main(argv=None):
     if not names:
         p.error(f"--models: expected a pattern matching zoo models, got {args.models!r} "
                 f"(registered: {', '.join(branchzoo.list_models())})")
-    for name in names:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", name, *forwarded],
-                              capture_output=True, text=True)
-        rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-        if proc.returncode or not rows:
-            raise RuntimeError(f"measuring {name} failed:\n{proc.stderr[-3000:]}")
-        print(rows[-1], flush=True)
+    measure_each(__file__, names, forwarded)
 
 
 if __name__ == "__main__":
