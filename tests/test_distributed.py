@@ -405,6 +405,7 @@ def test_each_worker_reads_its_own_shard_of_the_global_batch(tmp_path, monkeypat
     assert steps == len(seen[0]) == len(seen[1]) == 3
 
 
+@pytest.mark.slow  # ~25 s: two worker processes and a mirrored run (the killed-worker test is slow too)
 def test_two_workers_match_a_mirrored_run(tmp_path, monkeypatch):
     """Two local workers, one epoch: the chief's metrics equal a one-process mirrored run.
 

@@ -159,6 +159,7 @@ def test_mirrored_strategy_matches_single_device(tmp_path):
     assert not any(getattr(l, "synchronized", False) for l in model._flatten_layers())
 
 
+@pytest.mark.slow  # ~35 s: a CLI run killed and restarted; the default run resumes through test_cli's SIGTERM test
 def test_resume_after_kill_continues_from_last_finished_epoch(tmp_path):
     out = tmp_path / "run"
     args = ["train.py", "--model", "mpnet_tiny_digits", "--epochs", "4", "--batch-size", "128",
