@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from branchzoo import _tfenv  # noqa: E402
 
+_tfenv.enable_onednn()  # TensorFlow's oneDNN CPU kernels on every x86-64 CPU (see _tfenv.onednn_default)
 _tfenv.quiet_tensorflow_startup()  # before the first import of TensorFlow (through keras, below)
 
 from branchzoo import layers  # noqa: F401  (registers the serialisable layers)

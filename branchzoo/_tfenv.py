@@ -37,6 +37,7 @@ import glob
 import importlib.abc
 import importlib.util
 import os
+import platform
 import re
 import sys
 import tempfile
@@ -183,4 +184,43 @@ def quiet_tensorflow_startup():
         return False
     _uninstall()
     sys.meta_path.insert(0, _QuietFinder())
+    return True
+
+
+# --- oneDNN ----------------------------------------------------------------------------
+
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def onednn_default(environ=None, machine=None, tensorflow_imported=None):
+    """The ``TF_ENABLE_ONEDNN_OPTS`` value branchzoo sets, or None to leave it alone.
+
+    TensorFlow turns its oneDNN CPU kernels on by default only on x86 CPUs with
+    AVX-512 VNNI/BF16 or AMX; elsewhere it falls back to Eigen kernels whose
+    convolution gradients are slow. A whole training step of mpnet_tiny_digits
+    on this project's CPU with oneDNN limited to AVX2 (as on a CPU without
+    AVX-512) took 1.46x PyTorch's with oneDNN off and 0.80x with it on
+    (issue 15; ``python benchmarks/train_step.py --isa avx2 --onednn off|on``,
+    benchmarks/README.md). So branchzoo turns it on on every x86-64 CPU,
+    unless the variable is already set (``TF_ENABLE_ONEDNN_OPTS=0`` keeps it
+    off) or TensorFlow is already imported (then it is too late to choose).
+
+    Returns:
+        ``"1"`` where branchzoo turns oneDNN on, else None.
+    """
+    environ = os.environ if environ is None else environ
+    machine = (platform.machine() if machine is None else machine).lower()
+    if tensorflow_imported is None:
+        tensorflow_imported = "tensorflow" in sys.modules
+    if ONEDNN_ENV in environ or tensorflow_imported or machine not in ("x86_64", "amd64"):
+        return None
+    return "1"
+
+
+def enable_onednn():
+    """Sets ``TF_ENABLE_ONEDNN_OPTS=1`` where `onednn_default` says so; returns whether it did."""
+    value = onednn_default()
+    if value is None:
+        return False
+    os.environ[ONEDNN_ENV] = value
     return True

@@ -153,3 +153,37 @@ def test_publish_module_has_no_startup_noise():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage:")
     assert proc.stderr == ""
+
+
+# --- oneDNN on by default (issue 15) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("environ, machine, imported, expected", [
+    ({}, "x86_64", False, "1"),                                # unset on x86-64: branchzoo turns it on
+    ({}, "AMD64", False, "1"),
+    ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "x86_64", False, None),   # the user's choice stays
+    ({"TF_ENABLE_ONEDNN_OPTS": "1"}, "x86_64", False, None),
+    ({}, "x86_64", True, None),                                # TensorFlow already imported: too late
+    ({}, "aarch64", False, None),                              # not x86: TensorFlow's own default
+])
+def test_onednn_default(environ, machine, imported, expected):
+    assert tfenv.onednn_default(environ, machine, imported) == expected
+
+
+@pytest.mark.parametrize("setting, enabled", [(None, True), ("0", False)])
+def test_importing_branchzoo_turns_onednn_on_unless_the_user_chose(setting, enabled):
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip(f"oneDNN is turned on by branchzoo only on x86-64; this is {platform.machine()}")
+    env = dict(os.environ)
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    script = ("import branchzoo\n"
+              "from tensorflow.python.util import _pywrap_util_port\n"
+              "print(_pywrap_util_port.IsMklEnabled())")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(enabled)
