@@ -223,8 +223,17 @@ def make_optimizer(settings, steps_per_epoch):
 
 
 def jit_compile_arg(run):
-    """`compile`'s ``jit_compile`` for the run's ``--jit-compile`` (auto: Keras' choice)."""
-    return {"on": True, "off": False}.get(run.get("jit_compile") or "auto", "auto")
+    """`compile`'s ``jit_compile`` for the run's ``--jit-compile``.
+
+    ``on`` / ``off`` decide. ``auto`` takes the recipe's ``"jit_compile"``
+    (``"on"`` / ``"off"``: the route `benchmarks/train_step.py` measured fastest
+    for that model) and, when the recipe has none, Keras' choice (XLA off on CPU,
+    where it measured 2.5-3x slower for mpnet_tiny_digits; benchmarks/README.md).
+    """
+    choice = run.get("jit_compile") or "auto"
+    if choice == "auto":
+        choice = (run.get("recipe") or {}).get("jit_compile", "auto")
+    return {"on": True, "off": False}.get(choice, "auto")
 
 
 def deserialize(obj, what):

@@ -220,6 +220,9 @@ def resolve_run_config(
         _check_batch_split(batch_size, cluster.num_workers, "workers")
     if jit_compile not in JIT_COMPILE:
         raise ValueError(f"`jit_compile` must be one of {JIT_COMPILE}. Received: jit_compile={jit_compile!r}")
+    if recipe.get("jit_compile", "auto") not in JIT_COMPILE:
+        raise ValueError(f"Recipe of '{name}': `jit_compile` must be one of {JIT_COMPILE}. "
+                         f"Received: jit_compile={recipe['jit_compile']!r}")
     if analysis:
         from branchzoo.analysis.registry import parse_analysis_names
 

@@ -145,6 +145,8 @@ def test_zoo(tmp_path, monkeypatch):
             "metrics": [keras.saving.serialize_keras_object(MeanLogitAccuracy())],
         }),
         _entry("two_optimizers", "test_dense", {"task": "test_two_optimizers"}),
+        _entry("xla_recipe", "test_dense", {"jit_compile": "on"}),
+        _entry("bad_jit", "test_dense", {"jit_compile": "yes"}),
     ]
     for e in entries:
         (folder / f"{e['name']}.json").write_text(json.dumps(e))
@@ -444,3 +446,17 @@ def test_recipe_without_augmentation_trains_without_it(monkeypatch):
     assert zoo.get_entry("modular_mlp_256x4")["recipe"]["augment"] is False
     assert training.resolve_run_config("modular_mlp_256x4")["augment"] is False
     assert training.resolve_run_config("mpnet")["augment"] is None  # the dataset's default (pad-crop)
+
+
+def test_jit_compile_auto_takes_the_recipes_measured_choice(test_zoo):
+    # --jit-compile auto: the recipe's "jit_compile" (what benchmarks/train_step.py measured fastest)
+    assert tasks.jit_compile_arg(training.resolve_run_config("xla_recipe")) is True
+    assert tasks.jit_compile_arg(training.resolve_run_config("xla_recipe", jit_compile="off")) is False
+    assert tasks.jit_compile_arg(training.resolve_run_config("two_phase")) == "auto"  # none: Keras' choice
+    assert tasks.jit_compile_arg(training.resolve_run_config("two_phase", jit_compile="on")) is True
+    model = tasks.get_task("classification")
+    built = training.prepare(training.resolve_run_config("xla_recipe", validate=False)).model
+    model.compile(built, training.resolve_run_config("xla_recipe"), {"optimizer": {"optimizer": "sgd", "lr": 0.1}}, 3)
+    assert built.jit_compile is True
+    with pytest.raises(ValueError, match=r"Recipe of 'bad_jit': `jit_compile` must be one of .*'yes'"):
+        training.resolve_run_config("bad_jit")
