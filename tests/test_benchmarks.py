@@ -4,6 +4,7 @@ import os
 import re
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -204,3 +205,75 @@ def test_gan_throughput_prints_a_row_per_model():
     assert 0 < fastest <= median
     assert per_step == pytest.approx(4 / (median / 1000), rel=0.05)
     assert per_epoch > 0
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("mpnet_tiny_digits", 1_108_978),          # issue 15's count, the same in both frameworks
+    ("resnext_gated_tiny_cifar10", None),
+    ("modular_mlp_256x4", None),
+])
+def test_train_step_twins_have_the_zoo_models_parameter_counts(name, expected):
+    torch = pytest.importorskip("torch")
+    import branchzoo
+    import train_step
+
+    card = branchzoo.model_card(name)
+    model, _ = train_step.TWINS[card["builder"]](card)
+    theirs = sum(p.numel() for p in model.parameters())
+    ours = sum(int(np.prod(w.shape)) for w in branchzoo.build(name).trainable_weights)
+    assert theirs == ours == (expected or ours)
+    shape = card["config"]["input_shape"]
+    out = model(torch.zeros(2, shape[-1], *shape[:-1]))
+    assert out.shape[-1] == card["config"]["num_classes"]
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("StatefulPartitionedCall/gradient_tape/m/stage1_block1_1/path2_conv1_1/convolution/"
+     "Conv2DBackpropInput:_MklNativeConv2DBackpropInput", "conv backward"),
+    ("StatefulPartitionedCall/m/stage1_block1_1/path2_conv1_1/convolution:_MklNativeConv2D", "conv forward"),
+    ("StatefulPartitionedCall/m/stage1_block1_1/path1_bn1_1/moments/mean:Mean", "batch norm (fwd + bwd)"),
+    ("StatefulPartitionedCall/gradient_tape/m/stem_bn_1/batchnorm/mul_1/Mul:Mul", "batch norm (fwd + bwd)"),
+    ("StatefulPartitionedCall/SGD/AssignAddVariableOp:AssignAddVariableOp", "optimizer update"),
+    ("StatefulPartitionedCall/m/stem_relu_1/Relu:Relu", "activation (fwd + bwd)"),
+    ("StatefulPartitionedCall/gradient_tape/AddN_3:AddN", "other (AddN)"),
+])
+def test_train_step_profile_kinds(name, kind):
+    import train_step
+
+    assert train_step.op_kind(name, ["path1_bn1", "stem_bn"]) == kind
+
+
+@pytest.mark.slow  # two processes, mpnet_tiny_digits traced and profiled
+def test_train_step_prints_routes_epoch_and_profile():
+    routes = "train.py,pytorch" if _has("torch") else "train.py,tf"
+    proc = run_cli("benchmarks/train_step.py", "--routes", routes, "--rounds", "1", "--block", "1",
+                   "--batch-size", "8", "--epoch", "--profile")
+    assert "cores" in proc.stdout.splitlines()[0]
+    rows = table_rows(proc.stdout)
+    steps = {row[2]: row for row in rows if len(row) == 6 and row[2] in routes.split(",")}
+    assert set(steps) == set(routes.split(","))
+    for row in steps.values():
+        assert row[0] == "mpnet_tiny_digits" and row[1] == "1,108,978" and float(row[3]) > 0
+    if "pytorch" in steps:
+        assert steps["pytorch"][4] == "1.00"
+        assert_ratio_of_rounded(steps["train.py"][4], float(steps["train.py"][3]), float(steps["pytorch"][3]))
+    from branchzoo import data
+
+    batches = -(-data.dataset_info("digits").num_examples["train"] // 8)
+    epoch = next(row for row in rows if row[:2] == ["mpnet_tiny_digits", str(batches)])
+    assert float(epoch[2]) > 0
+    kinds = [row[0] for row in rows if len(row) == 3]
+    assert {"conv forward", "conv backward", "batch norm (fwd + bwd)", "optimizer update"} <= set(kinds)
+
+
+def test_train_step_arguments_are_checked():
+    proc = run_cli("benchmarks/train_step.py", "--routes", "tf,nope", check=False)
+    assert proc.returncode == 2 and "--routes" in proc.stderr and "nope" in proc.stderr
+    proc = run_cli("benchmarks/train_step.py", "--models", "densenet18_cifar10", check=False)
+    assert proc.returncode == 2 and "--models" in proc.stderr and "densenet18_cifar10" in proc.stderr
+
+
+def _has(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
