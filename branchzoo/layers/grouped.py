@@ -60,7 +60,9 @@ machine. The rule looks at the devices of the process, not at a surrounding
 Every CPU trains every route. No route calls TensorFlow's own grouped
 kernel (``tf.nn.conv2d`` with a grouped kernel), whose CPU gradients exist
 only with oneDNN, which TensorFlow leaves off by default on CPUs without
-AVX-512 VNNI/BF16 or AMX (and with ``TF_ENABLE_ONEDNN_OPTS=0``): ``"split"`` runs groups=1 convolutions,
+AVX-512 VNNI/BF16 or AMX (``import branchzoo`` turns it on on x86-64 unless
+``TF_ENABLE_ONEDNN_OPTS`` is set, but a user may set it to 0, or import
+TensorFlow first): ``"split"`` runs groups=1 convolutions,
 ``"depthwise"`` depthwise ones, and ``"native"`` goes through Keras, which
 compiles grouped convolutions with XLA on TensorFlow. TensorFlow's CPU
 ``Conv2D`` has no NCHW without oneDNN either, so with
