@@ -1,7 +1,8 @@
 """Keras callbacks: crash-safe backups for resumable training, TensorBoard.
 
-TensorFlow-only (summaries). Analysis callbacks that log branchzoo.analysis
-figures to TensorBoard come with the analysis reports.
+TensorFlow-only (summaries). `AnalysisCallback` logs any registered
+branchzoo.analysis to TensorBoard; `DecompositionImages` logs a
+BranchedGAN's decomposition grid every N generator steps.
 """
 
 import glob
@@ -9,6 +10,7 @@ import json
 import os
 
 import keras
+import numpy as np
 
 from branchzoo._io import temp_path, write_json_atomic
 
@@ -345,3 +347,74 @@ def _is_scalar(value):
     import numbers
 
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value  # not NaN
+
+
+class DecompositionImages(keras.callbacks.Callback):
+    """Logs a decomposition grid (inputs, S(x), each branch, translations) to TensorBoard.
+
+    Every `every` generator updates (and once before the first), the
+    generator translates the same held-out `images` to `target_classes`;
+    the figure of `branchzoo.analysis.decomposition.decomposition_figure`
+    goes to ``<logdir>/images`` as the image summary ``decomposition``.
+
+    Args:
+        logdir: TensorBoard folder of the run.
+        images: ``[rows, H, W, C]`` in [-1, 1].
+        source_classes, target_classes: ``[rows]`` ints.
+        every: generator steps between two grids.
+        class_names: names of the classes, for the row labels.
+    """
+
+    def __init__(self, logdir, images, source_classes, target_classes, every=200, class_names=None):
+        super().__init__()
+        self.logdir = logdir
+        self.images = np.asarray(images, "float32")
+        self.source_classes = np.asarray(source_classes, "int32")
+        self.target_classes = np.asarray(target_classes, "int32")
+        self.every = int(every)
+        self.class_names = list(class_names or [])
+        self._writer = None
+        self._last = None
+
+    def _step(self):
+        optimizer = getattr(self.model, "g_optimizer", None)
+        return int(optimizer.iterations.numpy()) if optimizer is not None else 0
+
+    def _name(self, c):
+        return self.class_names[c] if c < len(self.class_names) else str(c)
+
+    def log(self, step):
+        """Writes the grid of the current generator at `step`."""
+        import tensorflow as tf
+
+        from branchzoo.analysis.decomposition import decomposition_figure, figure_to_array, find_generator
+
+        out = find_generator(self.model)([self.images, self.target_classes], return_branches=True)
+        branches = np.asarray(out["branches"])
+        fig = decomposition_figure(
+            self.images, np.asarray(out["image"]), branches, np.asarray(out["smooth"]),
+            source_names=[self._name(int(c)) for c in self.source_classes],
+            target_names=[self._name(int(c)) for c in self.target_classes],
+            energies=np.mean(np.square(branches.astype("float64")), axis=(0, 2, 3, 4)),
+            title=f"step {step}",
+        )
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.logdir, "images"))
+        with self._writer.as_default():
+            tf.summary.image("decomposition", figure_to_array(fig)[None], step=step)
+        self._writer.flush()
+        self._last = step
+
+    def on_train_begin(self, logs=None):
+        if self._step() == 0:
+            self.log(0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        if self.every > 0 and step % self.every == 0 and step != self._last:
+            self.log(step)
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -300,6 +300,10 @@ class Task:
         """Extra callbacks for `fit`."""
         return []
 
+    def optimizer_iterations(self, model):
+        """Training steps the optimizer has taken (``metrics.json``), None without one."""
+        return int(model.optimizer.iterations.numpy()) if model.optimizer is not None else None
+
     def summarize(self, results):
         """Evaluation results (``evaluate(return_dict=True)``) as metrics: every key, as floats."""
         return {k: float(v) for k, v in results.items()}

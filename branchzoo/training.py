@@ -531,7 +531,7 @@ def _finish(p, history):
         **task.summarize(results),
         "epochs": run["epochs"],
         "phases": [{"name": ph["name"], "epochs": ph["epochs"]} for ph in run["phases"]],
-        "optimizer_iterations": int(model.optimizer.iterations.numpy()) if model.optimizer else None,
+        "optimizer_iterations": task.optimizer_iterations(model),
         "history": _jsonable(history),
         "epochs_run_in_this_process": len(epochs_here),
         "first_epoch_in_this_process": epochs_here[0] if epochs_here else None,

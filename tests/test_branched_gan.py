@@ -475,6 +475,7 @@ def test_train_evaluate_and_decomposition_report_by_recipe(tiny_run):
         assert np.isfinite(metrics[key]), key
     assert 0.0 <= metrics["d_acc"] <= 1.0
     assert metrics["history"]["d_loss"] and "val_d_acc" in metrics["history"]
+    assert metrics["optimizer_iterations"] == 2 * 3  # generator updates: epochs x steps
     assert metrics["export_max_abs_diff"] <= 1e-5  # the generator, served with (image, class)
     assert metrics["parameters"]["trainable"] == zoo.count_parameters(
         keras.models.load_model(tmp_path / "run" / "model.keras").generator)["trainable"]
@@ -510,6 +511,7 @@ def test_resume_restores_both_optimizers(tmp_path):
         training.train(run(tmp_path / "run"), verbose=0, callbacks=[StopAfterEpoch(1)])
     resumed = training.train(run(tmp_path / "run"), resume=True, verbose=0)
     assert resumed["first_epoch_in_this_process"] == 2
+    assert resumed["optimizer_iterations"] == straight["optimizer_iterations"] == 2 * 2
     for key in ("d_loss", "g_loss", "d_acc", "branch1_energy"):  # Adam moments of both players restored
         assert resumed[key] == pytest.approx(straight[key], rel=1e-5), key
     a = keras.models.load_model(tmp_path / "run" / "model.keras")

@@ -21,7 +21,7 @@ diversity losses (fidelity to the input comes from the ``+ S(x)`` term).
 - ``ClassTransferGANTask`` (``"class_transfer_gan"``): how train.py /
   evaluate.py train, evaluate and export it; a recipe's ``"generator"`` and
   ``"discriminator"`` hold each optimizer's settings.
-- `DecompositionImages`: the TensorBoard callback logging a grid of inputs,
+- `DecompositionImages` (in `branchzoo.callbacks`): the TensorBoard callback logging a grid of inputs,
   translations and each branch's image every N steps.
 
     >>> gan = branched_gan(num_branches=2, input_shape=(16, 16, 3), dim_in=4, max_dim=8,
@@ -37,7 +37,8 @@ import numpy as np
 from keras import ops
 
 from branchzoo import tasks
-from branchzoo.analysis.decomposition import decomposition_figure, figure_to_array, find_generator
+from branchzoo.analysis.decomposition import find_generator
+from branchzoo.callbacks import DecompositionImages  # noqa: F401  (its TensorBoard callback; also importable here)
 from branchzoo.layers import BranchedGenerator, MultiDomainDiscriminator
 from branchzoo.layers.branched_generator import _check_float
 from branchzoo.registry import register_builder
@@ -359,75 +360,6 @@ def make_gan_optimizer(settings, steps_per_epoch, lr_scale=1.0, what="generator"
                                  weight_decay=settings.get("weight_decay"))
 
 
-class DecompositionImages(keras.callbacks.Callback):
-    """Logs a decomposition grid (inputs, S(x), each branch, translations) to TensorBoard.
-
-    Every `every` generator updates (and once before the first), the
-    generator translates the same held-out `images` to `target_classes`;
-    the figure of `branchzoo.analysis.decomposition.decomposition_figure`
-    goes to ``<logdir>/images`` as the image summary ``decomposition``.
-
-    Args:
-        logdir: TensorBoard folder of the run.
-        images: ``[rows, H, W, C]`` in [-1, 1].
-        source_classes, target_classes: ``[rows]`` ints.
-        every: generator steps between two grids.
-        class_names: names of the classes, for the row labels.
-    """
-
-    def __init__(self, logdir, images, source_classes, target_classes, every=200, class_names=None):
-        super().__init__()
-        self.logdir = logdir
-        self.images = np.asarray(images, "float32")
-        self.source_classes = np.asarray(source_classes, "int32")
-        self.target_classes = np.asarray(target_classes, "int32")
-        self.every = int(every)
-        self.class_names = list(class_names or [])
-        self._writer = None
-        self._last = None
-
-    def _step(self):
-        optimizer = getattr(self.model, "g_optimizer", None)
-        return int(optimizer.iterations.numpy()) if optimizer is not None else 0
-
-    def _name(self, c):
-        return self.class_names[c] if c < len(self.class_names) else str(c)
-
-    def log(self, step):
-        """Writes the grid of the current generator at `step`."""
-        import tensorflow as tf
-
-        out = find_generator(self.model)([self.images, self.target_classes], return_branches=True)
-        branches = np.asarray(out["branches"])
-        fig = decomposition_figure(
-            self.images, np.asarray(out["image"]), branches, np.asarray(out["smooth"]),
-            source_names=[self._name(int(c)) for c in self.source_classes],
-            target_names=[self._name(int(c)) for c in self.target_classes],
-            energies=np.mean(np.square(branches.astype("float64")), axis=(0, 2, 3, 4)),
-            title=f"step {step}",
-        )
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(os.path.join(self.logdir, "images"))
-        with self._writer.as_default():
-            tf.summary.image("decomposition", figure_to_array(fig)[None], step=step)
-        self._writer.flush()
-        self._last = step
-
-    def on_train_begin(self, logs=None):
-        if self._step() == 0:
-            self.log(0)
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = self._step()
-        if self.every > 0 and step % self.every == 0 and step != self._last:
-            self.log(step)
-
-    def on_train_end(self, logs=None):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
 @tasks.register_task
 class ClassTransferGANTask(tasks.Task):
     """Class transfer with a `BranchedGAN`: pairs in, two optimizers, the generator exported.
@@ -515,6 +447,10 @@ class ClassTransferGANTask(tasks.Task):
         info = data.dataset_info(run["dataset"], data_dir=run["data_dir"], **self._options(run))
         return [DecompositionImages(run["logdir"], np.asarray(images)[rows], source[rows],
                                     np.asarray(target)[rows], every=every, class_names=info.class_names)]
+
+    def optimizer_iterations(self, model):
+        """The generator's updates (one per step; the discriminator's optimizer takes as many)."""
+        return int(model.g_optimizer.iterations.numpy())
 
     def export_model(self, model):
         return model.generator
