@@ -261,9 +261,11 @@ class TorchRoute:
         model, loss = TWINS[card["builder"]](card)
         model.train()
         recipe = card["recipe"]
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.get("lr", 0.01), momentum=recipe.get("momentum", 0.9),
-                              nesterov=bool(recipe.get("nesterov", False)),
-                              weight_decay=recipe.get("weight_decay", 0.0))
+        momentum = recipe.get("momentum")
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.get("lr") or 0.01,
+                              momentum=0.9 if momentum is None else momentum,
+                              nesterov=bool(recipe.get("nesterov")) and bool(momentum),
+                              weight_decay=recipe.get("weight_decay") or 0.0)
         shape = card["config"]["input_shape"]
         x = torch.randn(batch, shape[-1], *shape[:-1])
         y = torch.randint(0, card["config"]["num_classes"], (batch,))
