@@ -233,3 +233,12 @@ def test_zoo_cards_count_n_branches_by_hand():
         expected = config["num_branches"] * _resnet18_count(config["base_width"], config["num_classes"])
         assert card["parameters"]["trainable"] == expected, name
     assert branchzoo.model_card("branched_resnet18_16x16_cifar10")["parameters"]["trainable"] == 16 * 701_466
+
+
+def test_readme_title_of_branched_resnet18():
+    from branchzoo import registry
+
+    title = registry.get_builder("branched_resnet18")["title"]
+    assert title({"num_branches": 8, "base_width": 4, "logit_clamp": 5.0}) == \
+        "BranchSum(8 x ResNet18, width 4), clamp 5"
+    assert title({"num_branches": 2}) == "BranchSum(2 x ResNet18, width 16)"  # the builder's defaults

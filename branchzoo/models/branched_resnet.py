@@ -152,7 +152,14 @@ def branched_resnet(
     return keras.Model(inputs, outputs, name=name or f"branched_resnet_{n}x{base_width}")
 
 
-@register_builder("branched_resnet18", family="branchsum", paper=PAPER)
+def _title(config):
+    """The README's architecture column, e.g. ``BranchSum(8 x ResNet18, width 4), clamp 5``."""
+    title = f"BranchSum({config.get('num_branches', 8)} x ResNet18, width {config.get('base_width', 16)})"
+    clamp = config.get("logit_clamp")
+    return title + (f", clamp {clamp:g}" if clamp else "")
+
+
+@register_builder("branched_resnet18", family="branchsum", paper=PAPER, title=_title)
 def branched_resnet18(
     num_branches=8,
     base_width=16,
