@@ -198,10 +198,10 @@ def onednn_default(environ=None, machine=None, tensorflow_imported=None):
     TensorFlow turns its oneDNN CPU kernels on by default only on x86 CPUs with
     AVX-512 VNNI/BF16 or AMX; elsewhere it falls back to Eigen kernels whose
     convolution gradients are slow. A whole training step of mpnet_tiny_digits
-    on this project's CPU with oneDNN limited to AVX2 (as on a CPU without
-    AVX-512) took 1.46x PyTorch's with oneDNN off and 0.80x with it on
-    (issue 15; ``python benchmarks/train_step.py --isa avx2 --onednn off|on``,
-    benchmarks/README.md). So branchzoo turns it on on every x86-64 CPU,
+    on this project's 2-core CPU with oneDNN limited to AVX2 (as on a CPU
+    without AVX-512), quiet, took 2.53x PyTorch's with oneDNN off and 1.05x
+    with it on (issue 15; ``python benchmarks/train_step.py --isa avx2
+    [--onednn off]``, benchmarks/README.md). So branchzoo turns it on on every x86-64 CPU,
     unless the variable is already set (``TF_ENABLE_ONEDNN_OPTS=0`` keeps it
     off) or TensorFlow is already imported (then it is too late to choose).
 
