@@ -1,5 +1,7 @@
 """benchmarks/analysis.py runs and prints well-formed tables (a smoke test at tiny sizes, not timings)."""
 
+import pytest
+
 from test_benchmarks import table_rows
 from test_train import run_cli
 
@@ -16,6 +18,7 @@ def _tables(stdout):
     return [table_rows(b) for b in blocks if "| " in b]
 
 
+@pytest.mark.slow  # 15-20 s of benchmark smoke test
 def test_analysis_benchmark_prints_four_tables():
     proc = run_cli("benchmarks/analysis.py", "--cka-n", "200", "--cka-d", "16", "--epoch-examples", "32",
                    "--probe-train", "32", "--probe-test", "16", "--batch-size", "16", "--image-size", "16",

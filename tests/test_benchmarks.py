@@ -40,6 +40,7 @@ def assert_ratio_of_rounded(ratio_cell, numerator, denominator):
     assert low - 0.005 <= float(ratio_cell) <= high + 0.005, (ratio_cell, numerator, denominator)
 
 
+@pytest.mark.slow  # a model traced in a child process, 10-15 s
 def test_train_throughput_prints_a_row_per_model():
     proc = run_cli("benchmarks/train_throughput.py", "--models", "mpnet_tiny*",
                    "--image-size", "16", "--batch-size", "4", "--steps", "2",
@@ -104,6 +105,7 @@ def test_grouped_conv_prints_ratios(tf_grouped_trains):
         assert_ratio_of_rounded(ratio_cell, tf_grouped, float(torch_cell))
 
 
+@pytest.mark.slow  # 10-12 s; needs torch, which CI lacks
 def test_grouped_conv_runs_on_the_torch_backend(monkeypatch):
     pytest.importorskip("torch")
     monkeypatch.setenv("KERAS_BACKEND", "torch")
@@ -151,6 +153,7 @@ def test_benchmark_arguments_are_checked(script, flag):
     assert flag in proc.stderr and "positive integer" in proc.stderr and "'0'" in proc.stderr
 
 
+@pytest.mark.slow  # 256 separate branches traced, 8 s
 def test_modular_ensemble_prints_the_three_implementations():
     proc = run_cli("benchmarks/modular_ensemble.py", "--modules", "4", "--hidden", "2", "--batch-size", "8",
                    "--rounds", "1", "--block", "2", "--warmup", "1")
@@ -223,7 +226,13 @@ def test_train_step_twins_have_the_zoo_models_parameter_counts(name, expected):
     ours = sum(int(np.prod(w.shape)) for w in branchzoo.build(name).trainable_weights)
     assert theirs == ours == (expected or ours)
     shape = card["config"]["input_shape"]
-    out = model(torch.zeros(2, shape[-1], *shape[:-1]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # beside TensorFlow's pools in this process, torch's OpenMP pool crawled (58 s)
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, shape[-1], *shape[:-1]))
+    finally:
+        torch.set_num_threads(threads)
     assert out.shape[-1] == card["config"]["num_classes"]
 
 
