@@ -210,6 +210,7 @@ def test_gan_throughput_prints_a_row_per_model():
     assert per_epoch > 0
 
 
+@pytest.mark.slow  # needs torch (not on CI); beside TensorFlow in the suite's process it took 35-58 s
 @pytest.mark.parametrize("name, expected", [
     ("mpnet_tiny_digits", 1_108_978),          # issue 15's count, the same in both frameworks
     ("resnext_gated_tiny_cifar10", None),
