@@ -345,7 +345,9 @@ class KerasRoute:
         return int(sum(math.prod(w.shape) for w in model.trainable_weights))
 
     def _fit(self, name, data, steps):
-        timer = StepTimer(self.keras)
+        from train_throughput import StepTimer  # after this process chose its Keras backend
+
+        timer = StepTimer()
         model = self.runs[name][2]
         model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
         return timer.seconds
@@ -363,11 +365,13 @@ class KerasRoute:
         run, task, model, _ = self.runs[name]
         prepared = training.prepare(training.resolve_run_config(
             name, batch_size=run["batch_size"], jit_compile=JIT[self.route]))
-        timer, clock = StepTimer(self.keras), EpochTimer(self.keras)
+        from train_throughput import StepTimer
+
+        timer = StepTimer()
         model.fit(task.train_data(prepared.run, 0, 2), epochs=2, steps_per_epoch=prepared.steps_per_epoch,
-                  verbose=0, callbacks=[timer, clock])
+                  verbose=0, callbacks=[timer])
         last = timer.seconds[prepared.steps_per_epoch:]
-        return prepared.steps_per_epoch, clock.seconds[-1], statistics.median(last)
+        return prepared.steps_per_epoch, timer.epoch_seconds[-1], statistics.median(last)
 
     def profile(self, name, n=5):
         """TensorFlow's profiler over `n` steps: ms per step by kind of op, and the step's wall ms."""
@@ -376,54 +380,9 @@ class KerasRoute:
         self.tf.profiler.experimental.start(logdir)
         seconds = self._fit(name, self.runs[name][3], n)
         self.tf.profiler.experimental.stop()
-        bn_layers = [layer.name for layer in _sublayers(model)
+        bn_layers = [layer.name for layer in model._flatten_layers()
                      if isinstance(layer, self.keras.layers.BatchNormalization)]
         return op_table(logdir, n, bn_layers), 1000 * statistics.median(seconds)
-
-
-def _sublayers(model):
-    seen, stack = [], list(model.layers)
-    while stack:
-        layer = stack.pop()
-        seen.append(layer)
-        stack.extend(getattr(layer, "_layers", []) or [])
-    return seen
-
-
-class StepTimer:
-    """A Keras callback that records the wall time of every training step."""
-
-    def __new__(cls, keras):
-        class _Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.seconds = []
-
-            def on_train_batch_begin(self, batch, logs=None):
-                self._start = time.perf_counter()
-
-            def on_train_batch_end(self, batch, logs=None):
-                self.seconds.append(time.perf_counter() - self._start)
-
-        return _Timer()
-
-
-class EpochTimer:
-    """A Keras callback that records the wall time of every epoch."""
-
-    def __new__(cls, keras):
-        class _Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.seconds = []
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self._start = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                self.seconds.append(time.perf_counter() - self._start)
-
-        return _Timer()
 
 
 # ---- the profiler's op table ----------------------------------------------------------------------

@@ -28,17 +28,24 @@ import keras  # noqa: E402
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Records the wall time of every training step."""
+    """Records the wall time of every training step (``seconds``) and of every epoch (``epoch_seconds``)."""
 
     def __init__(self):
         super().__init__()
         self.seconds = []
+        self.epoch_seconds = []
 
     def on_train_batch_begin(self, batch, logs=None):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
 
 
 def measure(name, size, batch, steps, overrides):
