@@ -363,8 +363,7 @@ class KerasRoute:
         from branchzoo import training
 
         run, task, model, _ = self.runs[name]
-        prepared = training.prepare(training.resolve_run_config(
-            name, batch_size=run["batch_size"], jit_compile=JIT[self.route]))
+        prepared = training.prepare(run)  # the run setup() resolved: opens the data, counts the steps
         from train_throughput import StepTimer
 
         timer = StepTimer()
