@@ -1,6 +1,7 @@
-"""Training throughput (images/second) of every registered MPNet on this machine.
+"""Training throughput (images/second) of registered zoo models on this machine.
 
     python benchmarks/train_throughput.py                      # all mpnet* entries, 32x32
+    python benchmarks/train_throughput.py --models "resnext_*tiny*"  # any classifier entry
     python benchmarks/train_throughput.py --models "mpnet2*" --image-size 64
 
 Each model runs in its own process (in one process, models measured after
@@ -53,8 +54,7 @@ def measure(name, size, batch, steps, overrides):
     import numpy as np
 
     import branchzoo
-    from branchzoo.models.mpnet import mpnet_title
-    from branchzoo import tasks
+    from branchzoo import registry, tasks
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch * steps, size, size, 3)).astype("float32")
@@ -71,7 +71,8 @@ def measure(name, size, batch, steps, overrides):
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
     seconds = time.perf_counter() - start
     median = float(np.median(timer.seconds))
-    config = mpnet_title(card["config"]["blocks_per_stage"], card["config"]["pathways"])
+    title = registry.get_builder(card["builder"]).get("title")  # as the README table names them
+    config = title(card["config"]) if title else card["builder"]
     if overrides:
         config += f" {overrides}"
     return (f"| {name} | {config} | {model.count_params():,} | {1000 * median:.0f} | "

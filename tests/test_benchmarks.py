@@ -56,6 +56,17 @@ def test_train_throughput_prints_a_row_per_model():
     assert re.fullmatch(NUMBER, rows[0][2])
 
 
+@pytest.mark.slow  # a model traced in a child process
+def test_train_throughput_names_any_family_as_the_readme_table_does():
+    proc = run_cli("benchmarks/train_throughput.py", "--models", "resnext_full_tiny_cifar10",
+                   "--image-size", "16", "--batch-size", "4", "--steps", "2",
+                   "--model-kwargs", "stage_widths=[8,8,8]", "stem_width=8")
+    rows = table_rows(proc.stdout)
+    assert [row[0] for row in rows] == ["resnext_full_tiny_cifar10"]
+    # the architecture column: ResNeXt's {depth, width, cardinality} as the paper writes it
+    assert "{20,4,8}" in rows[0][1].replace(" ", ""), rows[0][1]
+
+
 def test_train_throughput_unknown_pattern_is_named():
     proc = run_cli("benchmarks/train_throughput.py", "--models", "nope*", check=False)
     assert proc.returncode != 0
