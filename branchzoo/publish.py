@@ -6,6 +6,7 @@ Nothing in a model card is typed by hand; this command writes it:
     python -m branchzoo.publish mpnet_tiny_digits       # train by the recipe, evaluate,
                                                         # write weights + sha256 + metrics
     python -m branchzoo.publish --table --readme README.md   # README's table, from the cards
+    python -m branchzoo.publish --comparisons           # each card's result against its "baseline"
 
 The weights file lands beside the entry in zoo_models/ as
 ``<name>-<sha256[:8]>.weights.h5`` (the weights key is separate from the model
@@ -97,7 +98,64 @@ def publish_weights(name, run_dir=None, seed=0):
     )
     scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"Published {fname} ({digest}); test {scores}")
+    for line in publish_comparisons(involving=entry["name"]):
+        print(line)
     return fname
+
+
+def compare_with_baseline(card, baseline_card):
+    """A card's headline test metric against its baseline's: the card's ``comparison``.
+
+    Both cards must hold metrics written by the publish command on the same
+    dataset; returns None otherwise. ``same_budget`` says whether both trained
+    for the same number of epochs (wall time is recorded in each card's
+    ``training_budget`` but depends on the machine's load).
+    """
+    metrics, base = card.get("metrics"), baseline_card.get("metrics")
+    if not metrics or not base or metrics.get("dataset") != base.get("dataset"):
+        return None
+    headline = card["recipe"].get("headline_metric", "top1")
+    if headline not in metrics or headline not in base:
+        return None
+    higher_is_better = not headline.endswith("loss")
+    value, other = metrics[headline], base[headline]
+    better = value > other if higher_is_better else value < other
+    verdict = ("better than" if better else "equal to" if value == other else "worse than")
+    epochs = (metrics.get("training_budget", {}).get("epochs"), base.get("training_budget", {}).get("epochs"))
+    return {
+        "baseline": baseline_card["name"],
+        "metric": headline,
+        "value": value,
+        "baseline_value": other,
+        "difference": round(value - other, 4),
+        "verdict": f"{headline} {verdict} the baseline's",
+        "same_budget": epochs[0] is not None and epochs[0] == epochs[1],
+        "epochs": {"model": epochs[0], "baseline": epochs[1]},
+        "command": "python -m branchzoo.publish --comparisons",
+    }
+
+
+def publish_comparisons(involving=None):
+    """Writes ``comparison`` into every card that names a ``baseline`` entry.
+
+    With `involving`, only the cards that are that entry or name it as their
+    baseline. Returns one line per card written.
+    """
+    from branchzoo import zoo
+
+    lines = []
+    for name in zoo.list_models():
+        card = zoo.model_card(name)
+        baseline = card.get("baseline")
+        if not baseline or (involving and involving not in (name, zoo.get_entry(baseline)["name"])):
+            continue
+        comparison = compare_with_baseline(card, zoo.model_card(baseline))
+        if comparison is None:
+            continue
+        _update_entry(name, comparison=comparison)
+        lines.append(f"{name}: {comparison['verdict']} ({comparison['value']:.4f} vs "
+                     f"{comparison['baseline_value']:.4f} for {baseline})")
+    return lines
 
 
 def models_table(pattern="*"):
@@ -151,9 +209,16 @@ def main(argv=None):
     p.add_argument("--table", action="store_true", help="print the README's table of models")
     p.add_argument("--readme", metavar="PATH",
                    help="with --table: write it into PATH between the models-table markers")
+    p.add_argument("--comparisons", action="store_true",
+                   help="write each card's comparison with its baseline entry, from both cards' metrics")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     from branchzoo import zoo
+
+    if args.comparisons:
+        for line in publish_comparisons():
+            print(line)
+        return 0
 
     if args.table:
         table = models_table()

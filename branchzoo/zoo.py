@@ -192,7 +192,10 @@ def model_card(name):
     Keys: name, aliases, family, builder, paper, description, config,
     parameters (trainable/total, as listed in the entry and checked by the
     tests), dataset, recipe, metrics (measured by evaluate.py; None when
-    unpublished), weights (file, sha256, origin; None when unpublished).
+    unpublished), weights (file, sha256, origin; None when unpublished),
+    baseline (the entry this one is measured against, or None) and comparison
+    (its headline test metric against the baseline's, written by
+    ``python -m branchzoo.publish``; None until both are published).
     """
     entry = get_entry(name)
     record = registry.get_builder(entry["builder"])
@@ -209,6 +212,8 @@ def model_card(name):
         "recipe": entry["recipe"],
         "metrics": entry.get("metrics"),
         "weights": entry.get("weights"),
+        "baseline": entry.get("baseline"),
+        "comparison": entry.get("comparison"),
     }
     return copy.deepcopy(card)
 
