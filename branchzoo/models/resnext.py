@@ -63,15 +63,7 @@ def resnext_title(config):
     return title
 
 
-def _title(config):
-    """The README's architecture column: ``{29,8,8} learned K=4`` (the paper's {D,w,C})."""
-    d, w, c = config.get("depth", 29), config.get("width", 64), config.get("cardinality", 8)
-    kind = {"full": "Fixed-Full", "random": f"Fixed-Random K={config.get('fan_in')}",
-            "learned": f"learned K={config.get('fan_in')}"}.get(config.get("connectivity", "full"), "")
-    return f"ResNeXt {{{d},{w},{c}}} {kind}"
-
-
-@register_builder("resnext_cifar", family="resnext_gated", paper=PAPER, title=_title)
+@register_builder("resnext_cifar", family="resnext_gated", paper=PAPER, title=resnext_title)
 def resnext_cifar(
     depth=29,
     width=64,
