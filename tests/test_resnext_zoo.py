@@ -75,3 +75,39 @@ def test_parameter_count_matches_card(name):
     model = branchzoo.build(name)
     trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
     assert branchzoo.model_card(name)["parameters"] == {"trainable": trainable, "total": model.count_params()}
+
+
+# ---- the published CIFAR-10 pair ---------------------------------------------------------------
+
+import os  # noqa: E402
+
+REAL_DATA = os.environ.get("BRANCHZOO_DATA_DIR")
+PUBLISHED = [n for n in NAMES if branchzoo.model_card(n)["weights"]]
+
+
+def test_the_cpu_sized_pair_is_published_and_compared():
+    assert set(PUBLISHED) >= {"resnext_gated_tiny_cifar10", "resnext_full_tiny_cifar10"}
+    comparison = branchzoo.model_card("resnext_gated_tiny_cifar10")["comparison"]
+    full = branchzoo.model_card("resnext_full_tiny_cifar10")["metrics"]
+    assert comparison["baseline"] == "resnext_full_tiny_cifar10" and comparison["same_budget"]
+    assert comparison["baseline_value"] == full["top1"]
+
+
+@pytest.mark.slow  # 10,000 CIFAR-10 test images through each model, 15-20 s each
+@pytest.mark.realdata
+@pytest.mark.skipif(not (REAL_DATA and os.path.exists(os.path.join(REAL_DATA, "cifar10-jpeg.tar.gz"))),
+                    reason="needs BRANCHZOO_DATA_DIR holding cifar10-jpeg.tar.gz")
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_weights_give_the_card_top1_on_real_cifar10(name):
+    import numpy as np
+
+    from branchzoo import data
+
+    card = branchzoo.model_card(name)
+    model = branchzoo.load(name)  # fetched from beside the entry, sha256-checked; inference: top-K gates
+    correct = total = 0
+    for x, y in data.load_dataset("cifar10", "test", batch_size=500, data_dir=REAL_DATA):
+        correct += int(np.sum(np.argmax(model.predict_on_batch(x), -1) == y.numpy()))
+        total += len(y)
+    assert total == 10_000
+    assert abs(correct / total - card["metrics"]["top1"]) <= 1e-4 + 1e-12, (correct, card["metrics"]["top1"])
