@@ -103,6 +103,11 @@ def publish_weights(name, run_dir=None, seed=0):
     return fname
 
 
+def _headline(card):
+    """The metric a card leads with: the recipe's ``"headline_metric"``, default ``top1``."""
+    return card["recipe"].get("headline_metric", "top1")
+
+
 def compare_with_baseline(card, baseline_card):
     """A card's headline test metric against its baseline's: the card's ``comparison``.
 
@@ -114,7 +119,7 @@ def compare_with_baseline(card, baseline_card):
     metrics, base = card.get("metrics"), baseline_card.get("metrics")
     if not metrics or not base or metrics.get("dataset") != base.get("dataset"):
         return None
-    headline = card["recipe"].get("headline_metric", "top1")
+    headline = _headline(card)
     if headline not in metrics or headline not in base:
         return None
     higher_is_better = not headline.endswith("loss")
@@ -174,7 +179,7 @@ def models_table(pattern="*"):
         arch = title(card["config"]) if title else card["family"]
         params = card["parameters"]["trainable"] if card["parameters"] else None
         metrics = card["metrics"]
-        headline = card["recipe"].get("headline_metric", "top1")
+        headline = _headline(card)
         result = "-"
         if metrics and headline in metrics:
             value = metrics[headline]

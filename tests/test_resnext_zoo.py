@@ -2,6 +2,7 @@
 
 import fnmatch
 import math
+import os
 
 import pytest
 
@@ -78,8 +79,6 @@ def test_parameter_count_matches_card(name):
 
 
 # ---- the published CIFAR-10 pair ---------------------------------------------------------------
-
-import os  # noqa: E402
 
 REAL_DATA = os.environ.get("BRANCHZOO_DATA_DIR")
 PUBLISHED = [n for n in NAMES if branchzoo.model_card(n)["weights"]]
