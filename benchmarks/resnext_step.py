@@ -26,6 +26,15 @@ processes took while timing.
 
     python benchmarks/resnext_step.py                       # {29,8,8}, batch 32
     python benchmarks/resnext_step.py --depth 20 --width 4  # {20,4,8}
+
+``--breakdown`` times, instead, each module and gate of the two branchzoo
+networks on its own (forward in training mode and the gradient of the sum
+of its output, inputs random, as a ``tf.function``), next to a copy of the
+gated module's input tensor (the same forward-backward of ``x * 1``): where
+the learned model's extra time goes, and how far those layers are from the
+bytes they must move.
+
+    python benchmarks/resnext_step.py --breakdown
 """
 
 import argparse
@@ -57,6 +66,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=positive_int, default=os.cpu_count(),
                    help="TF intra-op threads and torch.set_num_threads")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    p.add_argument("--jit-compile", action="store_true",
+                   help="compile branchzoo's step with XLA (Keras leaves XLA off on CPU)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="time every module and gate of the two branchzoo networks on its own (no PyTorch)")
     args = p.parse_args(argv)
     try:
         widths = [int(v) for v in args.stage_widths.split(",")]
@@ -232,7 +245,7 @@ def _torch_worker(conn, threads):
 
 # ---- branchzoo ----------------------------------------------------------------------------------
 
-def keras_step(config, batch, image_size, seed=0):
+def keras_step(config, batch, image_size, seed=0, jit_compile=False):
     """A compiled training step of `resnext_cifar(**config)`; returns (run, trainable parameters)."""
     import keras
     import numpy as np
@@ -248,7 +261,7 @@ def keras_step(config, batch, image_size, seed=0):
     y = tf.constant(rng.integers(0, config["num_classes"], batch))
     weights = model.trainable_variables
 
-    @tf.function(jit_compile=False)
+    @tf.function(jit_compile=jit_compile)
     def step():
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))
@@ -263,6 +276,108 @@ def keras_step(config, batch, image_size, seed=0):
     return run, int(sum(np.prod(w.shape) for w in weights))
 
 
+def layer_steps(model, batch, seed=0):
+    """``{layer name: (run, input shape)}`` for every module and gate of `model`, timed alone.
+
+    One run = the layer's forward in training mode on a random input of its
+    shape in the model, then the gradient of the sum of its output with
+    respect to the input and the layer's trainable weights.
+    """
+    import numpy as np
+
+    from branchzoo.layers import GatedConnect, ResNeXtModule
+
+    rng = np.random.default_rng(seed)
+    steps = {}
+    for layer in model.layers:
+        if not isinstance(layer, (GatedConnect, ResNeXtModule)):
+            continue
+        shape = (batch,) + tuple(layer.input.shape[1:])
+        steps[layer.name] = (tensor_step(layer, rng, shape), shape)
+    return steps
+
+
+def tensor_step(fn, rng, shape):
+    """A timed forward-backward of ``fn(x, training=True)`` (None: ``x * 1``) on a random ``x``."""
+    import tensorflow as tf
+
+    x = tf.constant(rng.standard_normal(shape).astype("float32"))
+    if fn is None:
+        return timed_gradient(lambda x: x * 1.0, x, [])
+    return timed_gradient(lambda x: fn(x, training=True), x, fn.trainable_variables)
+
+
+def timed_gradient(fn, x, weights):
+    """A timed ``tf.function`` (no XLA): ``fn(x)``, then the gradient of its sum w.r.t. ``x`` and `weights`."""
+    import tensorflow as tf
+
+    @tf.function(jit_compile=False)
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(fn(x))
+        return tape.gradient(total, [x] + list(weights))  # all returned, so none is pruned
+
+    def run():
+        t0 = time.perf_counter()
+        step()[0].numpy()
+        return time.perf_counter() - t0
+
+    return run
+
+
+def breakdown(args, base):
+    """Prints the per-layer table of --breakdown: Fixed-Full against learned K, module by module."""
+    import numpy as np
+
+    from branchzoo.models import resnext_cifar
+
+    from grouped_conv import LoadMeter
+
+    full = resnext_cifar(input_shape=(args.image_size,) * 2 + (3,), seed=0,
+                         **dict(base, connectivity="full", fan_in=args.cardinality))
+    gated = resnext_cifar(input_shape=(args.image_size,) * 2 + (3,), seed=0,
+                          **dict(base, connectivity="learned", fan_in=args.fan_in))
+    ours = {"full": layer_steps(full, args.batch_size), "gated": layer_steps(gated, args.batch_size)}
+    rng = np.random.default_rng(1)
+    copies = {}
+    for name, (_, shape) in ours["gated"].items():
+        if not name.endswith("_gate") and shape not in copies:
+            copies[shape] = tensor_step(None, rng, shape)
+    methods = {("full", n): r for n, (r, _) in ours["full"].items()}
+    methods.update({("gated", n): r for n, (r, _) in ours["gated"].items()})
+    methods.update({("copy", s): r for s, r in copies.items()})
+    for run in methods.values():
+        run(), run()
+    times = {key: [] for key in methods}
+    meter = LoadMeter([])
+    for _ in range(args.rounds):
+        for key, run in methods.items():
+            times[key] += [run() for _ in range(args.block)]
+    load = meter.other_load()
+    ms = {key: 1000 * statistics.median(v) for key, v in times.items()}
+    print(f"# forward (training) + gradient of each layer alone, median ms; K = {args.fan_in}; "
+          f"copy = x * 1 on the gated module's input; other load "
+          f"{'-' if load is None else round(100 * load)} %")
+    print("| module | Fixed-Full input | Fixed-Full module ms | gated input | gate ms | gated module ms | "
+          "gate + module / Fixed-Full | copy of gated input ms | extra over Fixed-Full, in copies |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
+    totals = [0.0, 0.0, 0.0]
+    for name, (_, shape) in ours["gated"].items():
+        if name.endswith("_gate"):
+            continue
+        full_shape = ours["full"][name][1]
+        f_ms, m_ms = ms[("full", name)], ms[("gated", name)]
+        g_ms = ms.get(("gated", name + "_gate"), 0.0)
+        c_ms = ms[("copy", shape)]
+        totals = [totals[0] + f_ms, totals[1] + g_ms, totals[2] + m_ms]
+        print(f"| {name} | {list(full_shape[1:])} | {f_ms:.1f} | {list(shape[1:])} | "
+              f"{'-' if name + '_gate' not in ours['gated'] else f'{g_ms:.1f}'} | {m_ms:.1f} | "
+              f"{(g_ms + m_ms) / f_ms:.2f} | {c_ms:.1f} | {(g_ms + m_ms - f_ms) / c_ms:.1f} |")
+    print(f"| all | | {totals[0]:.1f} | | {totals[1]:.1f} | {totals[2]:.1f} | "
+          f"{(totals[1] + totals[2]) / totals[0]:.2f} | | |")
+
+
 def main(argv=None):
     args = parse_args(argv)
     from grouped_conv import LoadMeter  # benchmarks/grouped_conv.py: CPU share of other processes
@@ -273,9 +388,14 @@ def main(argv=None):
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    torch = None if args.no_torch else TorchWorker.start(args.threads)
     base = dict(depth=args.depth, width=args.width, cardinality=args.cardinality,
                 stage_widths=args.stage_widths, num_classes=args.num_classes, stem_width=args.stem_width)
+    if args.breakdown:
+        print(f"# ResNeXt {{{args.depth},{args.width},{args.cardinality}}}, stage widths {args.stage_widths}, "
+              f"batch {args.batch_size}; CPU: {training.cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores, "
+              f"{args.threads} threads; TF {tf.__version__}, Keras {keras.__version__}")
+        return breakdown(args, base)
+    torch = None if args.no_torch else TorchWorker.start(args.threads)
     models = [
         ("Fixed-Full", dict(base, connectivity="full", fan_in=args.cardinality)),
         (f"Learned K={args.fan_in}", dict(base, connectivity="learned", fan_in=args.fan_in)),
@@ -285,10 +405,11 @@ def main(argv=None):
           f"{args.num_classes} classes, {args.image_size}x{args.image_size}, batch {args.batch_size}; "
           f"CPU: {training.cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores, {args.threads} threads; "
           f"Python {platform.python_version()}, TF {tf.__version__}, Keras {keras.__version__}"
+          + (", branchzoo step compiled with XLA" if args.jit_compile else "")
           + (f", torch {torch.version}" if torch else ""))
     methods, params = {}, {}
     for name, config in models:
-        run, ours = keras_step(config, args.batch_size, args.image_size)
+        run, ours = keras_step(config, args.batch_size, args.image_size, jit_compile=args.jit_compile)
         methods[(name, "ours")] = run
         params[name] = ours
         if torch is not None:

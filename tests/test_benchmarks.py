@@ -202,6 +202,75 @@ def test_resnext_step_compares_with_pytorch():
     assert rows["Fixed-Full"][5] == "1.00"
 
 
+def test_resnext_step_breakdown_times_every_module_and_gate():
+    proc = run_cli("benchmarks/resnext_step.py", "--breakdown", "--depth", "11", "--width", "2",
+                   "--cardinality", "4", "--fan-in", "2", "--stage-widths", "8,8,8", "--stem-width", "8",
+                   "--num-classes", "3", "--batch-size", "2", "--image-size", "8", "--rounds", "1",
+                   "--block", "1")
+    rows = {row[0]: row for row in table_rows(proc.stdout)}
+    assert list(rows) == ["module1", "module2", "module3", "all"]
+    # by hand: the stem gives 8 channels at 8x8; Fixed-Full modules pass 8 channels on, gated ones
+    # 4 blocks x 8; stages 2 and 3 halve the resolution in their first module
+    assert [rows[m][1] for m in ("module1", "module2", "module3")] == ["[8, 8, 8]", "[8, 8, 8]", "[4, 4, 8]"]
+    assert [rows[m][3] for m in ("module1", "module2", "module3")] == ["[8, 8, 8]", "[8, 8, 32]", "[4, 4, 32]"]
+    assert rows["module1"][4] == "-"  # the first module reads the stem: no gate before it
+    full = [float(rows[m][2]) for m in ("module1", "module2", "module3")]
+    gates = [float(rows[m][4]) for m in ("module2", "module3")]
+    modules = [float(rows[m][5]) for m in ("module1", "module2", "module3")]
+    assert min(full + gates + modules) > 0
+    for name, f, g, m in zip(("module1", "module2", "module3"), full, [0.0] + gates, modules):
+        # (gate + module) / Fixed-Full of the unrounded times: within the bounds of the rounded cells
+        low, high = (g + m - 0.1) / (f + 0.05), (g + m + 0.1) / (f - 0.05)
+        assert low - 0.005 <= float(rows[name][6]) <= high + 0.005, rows[name]
+    assert abs(float(rows["all"][2]) - sum(full)) <= 0.2
+    assert abs(float(rows["all"][4]) - sum(gates)) <= 0.2
+    assert abs(float(rows["all"][5]) - sum(modules)) <= 0.2
+
+
+def test_gated_layout_checks_the_blocks_first_module_then_times_three_variants():
+    proc = run_cli("benchmarks/gated_layout.py", "--cardinality", "4", "--width", "2", "--filters", "8",
+                   "--fan-in", "2", "--image-size", "8", "--batch-size", "2", "--rounds", "1", "--block", "1")
+    assert "blocks-first reproduces the built module + gate" in proc.stdout
+    rows = {row[0]: row for row in table_rows(proc.stdout)}
+    assert list(rows) == ["Fixed-Full module (form C)", "gated module + gate, as built",
+                          "gated module + gate, blocks-first"]
+    # inputs by hand: one shared 8-channel input; 4 blocks of 8 channels side by side; blocks first
+    assert [rows[name][1] for name in rows] == ["[2, 8, 8, 8]", "[2, 8, 8, 32]", "[2, 4, 8, 8, 8]"]
+    ms = {name: float(row[2]) for name, row in rows.items()}
+    assert min(ms.values()) > 0
+    for name, row in rows.items():
+        assert_ratio_of_rounded(row[3], ms[name], ms["Fixed-Full module (form C)"])
+        assert_ratio_of_rounded(row[4], ms[name], ms["gated module + gate, as built"])
+
+
+def test_gated_layout_blocks_first_is_the_built_function():
+    """The benchmark's blocks-first module against the built layers (the check the script makes, here
+    with gates other than the script's and a second block width)."""
+    import gated_layout
+    from keras import ops
+
+    from branchzoo.layers import GatedConnect, ResNeXtModule
+
+    C, w, f, n, s = 4, 3, 5, 3, 6
+    rng = np.random.default_rng(7)
+    wide = rng.standard_normal((n, s, s, C * f)).astype("float32")
+    module = ResNeXtModule(C, w, f)
+    module.build(wide.shape)
+    for seed, fan_in in ((1, 1), (2, 3)):
+        gate = GatedConnect(C, fan_in, connectivity="random", seed=seed)
+        expected = np.asarray(gate(module(wide, training=True)))
+        blocks = np.transpose(wide.reshape(n, s, s, C, f), (0, 3, 1, 2, 4))
+        got = np.asarray(gated_layout.blocks_first(module, ops.convert_to_tensor(blocks),
+                                                   ops.convert_to_tensor(gate.binary_gates())))
+        np.testing.assert_allclose(np.transpose(got, (0, 2, 3, 1, 4)).reshape(expected.shape), expected,
+                                   rtol=1e-4, atol=1e-4)
+        # a different gate matrix gives a different output: the comparison can fail
+        other = np.roll(gate.binary_gates(), 1, axis=1)
+        moved = np.asarray(gated_layout.blocks_first(module, ops.convert_to_tensor(blocks),
+                                                     ops.convert_to_tensor(other)))
+        assert np.abs(np.transpose(moved, (0, 2, 3, 1, 4)).reshape(expected.shape) - expected).max() > 1e-2
+
+
 def test_resnext_step_arguments_are_checked():
     proc = run_cli("benchmarks/resnext_step.py", "--fan-in", "9", check=False)
     assert proc.returncode == 2 and "--fan-in" in proc.stderr and "9" in proc.stderr
