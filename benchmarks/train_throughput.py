@@ -54,7 +54,7 @@ def measure(name, size, batch, steps, overrides):
     import numpy as np
 
     import branchzoo
-    from branchzoo import registry, tasks
+    from branchzoo import publish, tasks
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch * steps, size, size, 3)).astype("float32")
@@ -71,8 +71,7 @@ def measure(name, size, batch, steps, overrides):
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
     seconds = time.perf_counter() - start
     median = float(np.median(timer.seconds))
-    title = registry.get_builder(card["builder"]).get("title")  # as the README table names them
-    config = title(card["config"]) if title else card["builder"]
+    config = publish.architecture(card)  # as the README table names them
     if overrides:
         config += f" {overrides}"
     return (f"| {name} | {config} | {model.count_params():,} | {1000 * median:.0f} | "

@@ -163,20 +163,27 @@ def publish_comparisons(involving=None):
     return lines
 
 
+def architecture(card):
+    """The README table's architecture column for a card: its builder's title, else its family."""
+    from branchzoo import registry
+
+    title = registry.get_builder(card["builder"]).get("title")
+    return title(card["config"]) if title else card["family"]
+
+
 def models_table(pattern="*"):
     """The README's table of registered models, from their cards (markdown).
 
     The result column shows the recipe's ``"headline_metric"`` (default
     ``top1``) as measured on the test split by the publish command.
     """
-    from branchzoo import registry, zoo
+    from branchzoo import zoo
 
     rows = ["| model | architecture | paper | trainable params | dataset | weights | test result |",
             "|---|---|---|---:|---|---|---:|"]
     for name in zoo.list_models(pattern):
         card = zoo.model_card(name)
-        title = registry.get_builder(card["builder"]).get("title")
-        arch = title(card["config"]) if title else card["family"]
+        arch = architecture(card)
         params = card["parameters"]["trainable"] if card["parameters"] else None
         metrics = card["metrics"]
         headline = _headline(card)
