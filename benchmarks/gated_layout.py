@@ -26,7 +26,6 @@ as Keras' trainer on CPU); medians in ms.
 
 import argparse
 import os
-import statistics
 
 from _args import positive_int  # benchmarks/_args.py (the script's folder is on sys.path)
 
@@ -85,8 +84,7 @@ def blocks_first(module, x, gates):
 
 def main(argv=None):
     args = parse_args(argv)
-    from grouped_conv import LoadMeter  # benchmarks/grouped_conv.py: CPU share of other processes
-    from resnext_step import cpu_flags, timed_gradient
+    from resnext_step import cpu_flags, round_robin, timed_gradient
 
     import keras
     import numpy as np
@@ -137,15 +135,7 @@ def main(argv=None):
             timed_gradient(lambda x: learned(module(x, training=True), training=True), wide, weights), wide.shape),
         "gated module + gate, blocks-first": (timed_gradient(sampled, blocks, weights), blocks.shape),
     }
-    for run, _ in methods.values():
-        run(), run()
-    times = {name: [] for name in methods}
-    meter = LoadMeter([])
-    for _ in range(args.rounds):
-        for name, (run, _) in methods.items():
-            times[name] += [run() for _ in range(args.block)]
-    load = meter.other_load()
-    ms = {name: 1000 * statistics.median(v) for name, v in times.items()}
+    ms, load = round_robin({name: run for name, (run, _) in methods.items()}, args.rounds, args.block)
     reference, as_built = ms["Fixed-Full module (form C)"], ms["gated module + gate, as built"]
     print(f"# one stride-1 module: C={C}, w={w}, F={f}, K={k}, {s}x{s}, batch {n}; CPU: {training.cpu_name()} "
           f"({cpu_flags()}), {os.cpu_count()} cores; TF {tf.__version__}, Keras {keras.__version__}; "

@@ -326,13 +326,34 @@ def timed_gradient(fn, x, weights):
     return run
 
 
+def round_robin(methods, rounds, block, wake=False, pids=()):
+    """Times ``{key: run}`` round-robin; returns ``({key: median ms}, other load)``.
+
+    Two untimed runs of each method first (tracing, warm-up); then per round
+    and method: with `wake` one untimed run (wakes that method's thread
+    pool), then `block` timed runs. The other load is the CPU share of
+    processes other than this one and `pids` while timing (`LoadMeter`).
+    """
+    from grouped_conv import LoadMeter  # benchmarks/grouped_conv.py: CPU share of other processes
+
+    for run in methods.values():
+        run(), run()
+    times = {key: [] for key in methods}
+    meter = LoadMeter(list(pids))
+    for _ in range(rounds):
+        for key, run in methods.items():
+            if wake:
+                run()
+            times[key] += [run() for _ in range(block)]
+    load = meter.other_load()
+    return {key: 1000 * statistics.median(v) for key, v in times.items()}, load
+
+
 def breakdown(args, base):
     """Prints the per-layer table of --breakdown: Fixed-Full against learned K, module by module."""
     import numpy as np
 
     from branchzoo.models import resnext_cifar
-
-    from grouped_conv import LoadMeter
 
     full = resnext_cifar(input_shape=(args.image_size,) * 2 + (3,), seed=0,
                          **dict(base, connectivity="full", fan_in=args.cardinality))
@@ -347,15 +368,7 @@ def breakdown(args, base):
     methods = {("full", n): r for n, (r, _) in ours["full"].items()}
     methods.update({("gated", n): r for n, (r, _) in ours["gated"].items()})
     methods.update({("copy", s): r for s, r in copies.items()})
-    for run in methods.values():
-        run(), run()
-    times = {key: [] for key in methods}
-    meter = LoadMeter([])
-    for _ in range(args.rounds):
-        for key, run in methods.items():
-            times[key] += [run() for _ in range(args.block)]
-    load = meter.other_load()
-    ms = {key: 1000 * statistics.median(v) for key, v in times.items()}
+    ms, load = round_robin(methods, args.rounds, args.block)
     print(f"# forward (training) + gradient of each layer alone, median ms; K = {args.fan_in}; "
           f"copy = x * 1 on the gated module's input; other load "
           f"{'-' if load is None else round(100 * load)} %")
@@ -380,8 +393,6 @@ def breakdown(args, base):
 
 def main(argv=None):
     args = parse_args(argv)
-    from grouped_conv import LoadMeter  # benchmarks/grouped_conv.py: CPU share of other processes
-
     from branchzoo import training
 
     import keras
@@ -390,10 +401,12 @@ def main(argv=None):
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     base = dict(depth=args.depth, width=args.width, cardinality=args.cardinality,
                 stage_widths=args.stage_widths, num_classes=args.num_classes, stem_width=args.stem_width)
+    header = (f"# ResNeXt {{{args.depth},{args.width},{args.cardinality}}}, stage widths {args.stage_widths}, "
+              f"{args.num_classes} classes, {args.image_size}x{args.image_size}, batch {args.batch_size}; "
+              f"CPU: {training.cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores, {args.threads} threads; "
+              f"Python {platform.python_version()}, TF {tf.__version__}, Keras {keras.__version__}")
     if args.breakdown:
-        print(f"# ResNeXt {{{args.depth},{args.width},{args.cardinality}}}, stage widths {args.stage_widths}, "
-              f"batch {args.batch_size}; CPU: {training.cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores, "
-              f"{args.threads} threads; TF {tf.__version__}, Keras {keras.__version__}")
+        print(header)
         return breakdown(args, base)
     torch = None if args.no_torch else TorchWorker.start(args.threads)
     models = [
@@ -401,11 +414,7 @@ def main(argv=None):
         (f"Learned K={args.fan_in}", dict(base, connectivity="learned", fan_in=args.fan_in)),
         (f"Learned K={args.cardinality} (gated layout)", dict(base, connectivity="learned", fan_in=args.cardinality)),
     ]
-    print(f"# ResNeXt {{{args.depth},{args.width},{args.cardinality}}}, stage widths {args.stage_widths}, "
-          f"{args.num_classes} classes, {args.image_size}x{args.image_size}, batch {args.batch_size}; "
-          f"CPU: {training.cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores, {args.threads} threads; "
-          f"Python {platform.python_version()}, TF {tf.__version__}, Keras {keras.__version__}"
-          + (", branchzoo step compiled with XLA" if args.jit_compile else "")
+    print(header + (", branchzoo step compiled with XLA" if args.jit_compile else "")
           + (f", torch {torch.version}" if torch else ""))
     methods, params = {}, {}
     for name, config in models:
@@ -417,16 +426,7 @@ def main(argv=None):
             if theirs != ours:
                 raise SystemExit(f"{name}: PyTorch has {theirs} trainable parameters, branchzoo {ours}")
             methods[(name, "torch")] = lambda name=name: torch.step(name)
-    for run in methods.values():  # trace / warm up
-        run(), run()
-    times = {key: [] for key in methods}
-    meter = LoadMeter([torch.pid] if torch else [])
-    for _ in range(args.rounds):
-        for key, run in methods.items():
-            run()  # wakes this method's thread pool
-            times[key] += [run() for _ in range(args.block)]
-    load = meter.other_load()
-    ms = {key: 1000 * statistics.median(v) for key, v in times.items()}
+    ms, load = round_robin(methods, args.rounds, args.block, wake=True, pids=[torch.pid] if torch else [])
     full = ms[(models[0][0], "ours")]
     print("| model | trainable params (both) | branchzoo ms | torch ms | branchzoo / torch | "
           "branchzoo / branchzoo Fixed-Full | other load % |")
