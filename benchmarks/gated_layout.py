@@ -27,6 +27,8 @@ as Keras' trainer on CPU); medians in ms.
 import argparse
 import os
 
+import numpy as np
+
 from _args import positive_int  # benchmarks/_args.py (the script's folder is on sys.path)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -47,6 +49,19 @@ def parse_args(argv=None):
     if args.fan_in > args.cardinality:
         p.error(f"argument --fan-in: expected at most --cardinality ({args.cardinality}), got {args.fan_in}")
     return args
+
+
+def to_blocks_first(wide, cardinality):
+    """NumPy ``[N, H, W, C * F]`` (blocks side by side along the channels) -> ``[N, C, H, W, F]``."""
+    n, height, width, channels = wide.shape
+    blocks = wide.reshape(n, height, width, cardinality, channels // cardinality)
+    return np.ascontiguousarray(np.transpose(blocks, (0, 3, 1, 2, 4)))
+
+
+def to_channels(blocks):
+    """NumPy ``[N, C, H, W, F]`` -> ``[N, H, W, C * F]``: the inverse of `to_blocks_first`."""
+    n, cardinality, height, width, f = blocks.shape
+    return np.transpose(blocks, (0, 2, 3, 1, 4)).reshape(n, height, width, cardinality * f)
 
 
 def blocks_first(module, x, gates):
@@ -87,7 +102,6 @@ def main(argv=None):
     from resnext_step import cpu_flags, round_robin, timed_gradient
 
     import keras
-    import numpy as np
     import tensorflow as tf
     from keras import ops
 
@@ -99,8 +113,7 @@ def main(argv=None):
     n, s = args.batch_size, args.image_size
     rng = np.random.default_rng(0)
     wide = tf.constant(rng.standard_normal((n, s, s, C * f)).astype("float32"))  # channel layout
-    blocks = tf.constant(np.ascontiguousarray(  # the same values, blocks first
-        np.transpose(wide.numpy().reshape(n, s, s, C, f), (0, 3, 1, 2, 4))))
+    blocks = tf.constant(to_blocks_first(wide.numpy(), C))  # the same values, blocks first
     narrow = tf.constant(rng.standard_normal((n, s, s, f)).astype("float32"))
     full = ResNeXtModule(C, w, f, shared_input=True, aggregate=True, name="full")
     full.build(narrow.shape)
@@ -111,8 +124,7 @@ def main(argv=None):
     fixed = GatedConnect(C, k, connectivity="random", seed=0)
     fixed.build(wide.shape)
     built = fixed(module(wide, training=True)).numpy()
-    ours = blocks_first(module, blocks, ops.convert_to_tensor(fixed.binary_gates())).numpy()
-    ours = np.transpose(ours, (0, 2, 3, 1, 4)).reshape(built.shape)
+    ours = to_channels(blocks_first(module, blocks, ops.convert_to_tensor(fixed.binary_gates())).numpy())
     err = float(np.max(np.abs(ours - built)) / max(1.0, float(np.max(np.abs(built)))))
     if not err <= 1e-4:
         raise SystemExit(f"the blocks-first module differs from the built one: max relative error {err:.2e}")

@@ -259,16 +259,18 @@ def test_gated_layout_blocks_first_is_the_built_function():
     for seed, fan_in in ((1, 1), (2, 3)):
         gate = GatedConnect(C, fan_in, connectivity="random", seed=seed)
         expected = np.asarray(gate(module(wide, training=True)))
-        blocks = np.transpose(wide.reshape(n, s, s, C, f), (0, 3, 1, 2, 4))
-        got = np.asarray(gated_layout.blocks_first(module, ops.convert_to_tensor(blocks),
-                                                   ops.convert_to_tensor(gate.binary_gates())))
-        np.testing.assert_allclose(np.transpose(got, (0, 2, 3, 1, 4)).reshape(expected.shape), expected,
-                                   rtol=1e-4, atol=1e-4)
+        blocks = ops.convert_to_tensor(gated_layout.to_blocks_first(wide, C))
+        # block j of sample i at pixel (y, x) is channels j*f .. (j+1)*f of the wide input, by hand
+        np.testing.assert_array_equal(np.asarray(blocks)[1, 2, 3, 4], wide[1, 3, 4, 2 * f:3 * f])
+
+        def run(gates):
+            out = gated_layout.blocks_first(module, blocks, ops.convert_to_tensor(gates))
+            return gated_layout.to_channels(np.asarray(out))
+
+        np.testing.assert_allclose(run(gate.binary_gates()), expected, rtol=1e-4, atol=1e-4)
         # a different gate matrix gives a different output: the comparison can fail
         other = np.roll(gate.binary_gates(), 1, axis=1)
-        moved = np.asarray(gated_layout.blocks_first(module, ops.convert_to_tensor(blocks),
-                                                     ops.convert_to_tensor(other)))
-        assert np.abs(np.transpose(moved, (0, 2, 3, 1, 4)).reshape(expected.shape) - expected).max() > 1e-2
+        assert np.abs(run(other) - expected).max() > 1e-2
 
 
 def test_resnext_step_arguments_are_checked():
