@@ -18,6 +18,7 @@ _tfenv.quiet_tensorflow_startup()  # before the first import of TensorFlow (thro
 from branchzoo import layers  # noqa: F401  (registers the serialisable layers)
 from branchzoo import losses  # noqa: F401  (registers the losses and metrics recipes name)
 from branchzoo import models  # noqa: F401  (registers the model builders)
+from branchzoo import optimizers  # noqa: F401  (registers the optimizers recipes build)
 from branchzoo.zoo import build, list_models, load, model_card  # noqa: F401
 
 __all__ = ["build", "list_models", "load", "model_card", "layers", "models"]

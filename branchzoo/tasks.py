@@ -33,7 +33,34 @@ _TASKS = {}
 
 # Optimizer settings a recipe (or one of its phases) may give.
 OPTIMIZER_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay",
+                  "decoupled_weight_decay", "plain_step", "beta_1", "beta_2",
                   "lr_decay_epochs", "lr_decay_factor")
+
+
+# Recipe keys every task reads (a task adds its own in `Task.recipe_keys`).
+RECIPE_KEYS = ("task", "dataset", "dataset_options", "epochs", "batch_size", "augment", "phases",
+               "loss", "metrics", "headline_metric", "jit_compile", "command", "notes", *OPTIMIZER_KEYS)
+
+
+def check_recipe(recipe, task, name):
+    """Rejects a recipe key that no code reads and an ``augment`` the pipeline does not implement.
+
+    A typo in a recipe must not silently train something else.
+    """
+    from branchzoo.data.pipeline import AUGMENTS
+
+    unknown = sorted(set(recipe) - set(RECIPE_KEYS) - set(task.recipe_keys))
+    if unknown:
+        raise ValueError(
+            f"Recipe of '{name}' has keys that nothing reads: {unknown}. A recipe of the "
+            f"{task.name!r} task may set {sorted(set(RECIPE_KEYS) | set(task.recipe_keys))}."
+        )
+    augment = recipe.get("augment", "pad_crop")
+    if augment is not False and augment not in AUGMENTS:
+        raise ValueError(
+            f"Recipe of '{name}': `augment` must be false or one of {list(AUGMENTS)}. "
+            f"Received: augment={augment!r}"
+        )
 
 
 def register_task(cls):
@@ -189,37 +216,85 @@ def _match(layers, pattern, phase, key, model):
 # -- optimizers, losses, metrics from recipe data -------------------------------
 
 
-def make_optimizer(settings, steps_per_epoch):
-    """An optimizer from recipe settings (`OPTIMIZER_KEYS`) with its step schedule.
+def learning_rate_schedule(settings, steps_per_epoch):
+    """The rate of recipe settings: ``lr``, or a piecewise-constant schedule.
 
-    ``lr_decay_epochs`` (epochs from the start of the phase) become a
-    piecewise-constant schedule, each boundary multiplying the rate by
-    ``lr_decay_factor`` (default 0.1).
+    ``lr_decay_epochs`` (epochs from the start of the phase) become step
+    boundaries, each multiplying the rate by ``lr_decay_factor`` (default 0.1).
     """
     import keras
 
     lr = float(settings["lr"])
     boundaries = [int(round(e * steps_per_epoch)) for e in settings.get("lr_decay_epochs") or []]
-    if boundaries:
-        factor = settings.get("lr_decay_factor", 0.1)
-        values = [lr * factor**i for i in range(len(boundaries) + 1)]
-        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    else:
-        schedule = lr
+    if not boundaries:
+        return lr
+    factor = settings.get("lr_decay_factor", 0.1)
+    values = [lr * factor**i for i in range(len(boundaries) + 1)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def make_optimizer(settings, steps_per_epoch):
+    """An optimizer from recipe settings (`OPTIMIZER_KEYS`) with its step schedule.
+
+    - ``weight_decay``: COUPLED L2, ``wd * w`` added to the gradient before
+      momentum, as PyTorch's ``SGD(weight_decay=...)`` in the papers'
+      reference code (`branchzoo.optimizers`); ``decoupled_weight_decay``:
+      Keras' own decoupled decay (``w -= lr * wd * w`` after the step;
+      AdamW's only kind). A recipe sets one of the two.
+    - ``plain_step``: ``{variable path pattern: rate}``: those variables take
+      ``v -= rate * dL/dv`` with no momentum, decay or schedule (GatedConnect's
+      gates, Algorithm 1 of Ahmed & Torresani 2017).
+    - ``lr_decay_epochs`` / ``lr_decay_factor``: see `learning_rate_schedule`;
+      ``beta_1`` / ``beta_2``: Adam's.
+    """
+    import keras
+
+    from branchzoo import optimizers
+
+    schedule = learning_rate_schedule(settings, steps_per_epoch)
     name = settings.get("optimizer", "sgd")
+    coupled = settings.get("weight_decay") or 0.0
+    decoupled = settings.get("decoupled_weight_decay")
+    if coupled and decoupled:
+        raise ValueError(
+            "A recipe sets either `weight_decay` (coupled L2) or `decoupled_weight_decay`, not both. "
+            f"Received: weight_decay={coupled!r}, decoupled_weight_decay={decoupled!r}"
+        )
+    plain_step = optimizers.check_plain_step(settings.get("plain_step"))
+    betas = {k: settings[k] for k in ("beta_1", "beta_2") if k in settings}
+    if betas and name not in ("adam", "adamw"):
+        raise ValueError(f"`beta_1` / `beta_2` are Adam's settings. Received them with optimizer={name!r}")
     if name == "sgd":
-        return keras.optimizers.SGD(
+        return optimizers.SGD(
             learning_rate=schedule,
             momentum=settings.get("momentum", 0.9),
             nesterov=settings.get("nesterov", False),
-            weight_decay=settings.get("weight_decay"),
+            l2=coupled, plain_step=plain_step, weight_decay=decoupled,
         )
     if name == "adam":
-        return keras.optimizers.Adam(learning_rate=schedule, weight_decay=settings.get("weight_decay"))
+        return optimizers.Adam(learning_rate=schedule, l2=coupled, plain_step=plain_step,
+                               weight_decay=decoupled, **betas)
     if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate=schedule,
-                                      weight_decay=settings.get("weight_decay") or 0.004)
+        if coupled or plain_step:
+            raise ValueError(
+                "AdamW's decay is decoupled: set `decoupled_weight_decay` (and no `plain_step`). "
+                f"Received: weight_decay={coupled!r}, plain_step={plain_step!r}"
+            )
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=decoupled or 0.004, **betas)
     raise ValueError(f"Recipe `optimizer` must be 'sgd', 'adam' or 'adamw'. Received: optimizer={name!r}")
+
+
+def check_plain_step_matches(model, settings):
+    """Every ``plain_step`` pattern of `settings` matches a variable of `model` (a recipe typo is an error)."""
+    from branchzoo import optimizers
+
+    paths = [v.path for v in model.variables]
+    for pattern in optimizers.check_plain_step(settings.get("plain_step")):
+        if not any(optimizers.plain_step_rate({pattern: 0.0}, p) is not None for p in paths):
+            raise ValueError(
+                f"Recipe `plain_step` pattern {pattern!r} matches no variable of model {model.name!r} "
+                f"(variable paths look like {paths[0]!r})."
+            )
 
 
 def jit_compile_arg(run):
@@ -264,6 +339,8 @@ class Task:
     """
 
     name = None
+    # Recipe keys this task reads besides `RECIPE_KEYS`.
+    recipe_keys = ()
 
     def builder_kwargs(self, run, info):
         """Builder arguments taken from the dataset (`DatasetInfo`)."""
@@ -372,6 +449,7 @@ class ClassificationTask(Task):
 
     def compile(self, model, run, phase, steps_per_epoch):
         loss, metrics = self._loss_and_metrics(run["recipe"])
+        check_plain_step_matches(model, phase["optimizer"])
         model.compile(optimizer=make_optimizer(phase["optimizer"], steps_per_epoch),
                       loss=loss, metrics=metrics, jit_compile=jit_compile_arg(run))
 

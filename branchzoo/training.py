@@ -19,6 +19,7 @@ from branchzoo import distributed, tasks, zoo
 from branchzoo._io import write_json_atomic
 from branchzoo._validation import check_int
 from branchzoo.callbacks import AtomicBackupAndRestore, TensorBoard
+from branchzoo.data.pipeline import check_augment
 
 STRATEGIES = ("auto", "mirrored", "default", "multiworker")
 
@@ -210,8 +211,10 @@ def resolve_run_config(
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"`lr` must be a positive finite number. Received: lr={lr!r}")
     _check_strategy(strategy)
-    if augment is None and recipe.get("augment") is False:  # the recipe trains without augmentation
-        augment = False
+    tasks.check_recipe(recipe, task, name)
+    if augment is None:
+        augment = recipe.get("augment")
+    augment = check_augment(augment)
     cluster = distributed.read_tf_config() if strategy == "multiworker" else None
     if cluster is not None and cpu_devices is not None and cpu_devices > 1:
         raise ValueError("`cpu_devices` applies to --strategy mirrored; a multi-worker run has one "

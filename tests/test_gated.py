@@ -127,8 +127,9 @@ def test_straight_through_gradient_reaches_the_real_gates():
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(layer(y, training=True) * r)
     grad = tape.gradient(loss, layer.gates)
-    # d loss / d g_jk = (1/K) <r_j, y_k> whatever was drawn (straight-through, float64 reference)
-    expected = np.einsum("nhwjf,nhwkf->jk", _blocks(r, 3), _blocks(y, 3)) / 2
+    # d loss / d g_jk = <r_j, y_k> whatever was drawn: Eq. 1's gradient w.r.t. the binary gate,
+    # without the 1/K of the mean (straight-through, float64 reference)
+    expected = np.einsum("nhwjf,nhwkf->jk", _blocks(r, 3), _blocks(y, 3))
     np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-4, atol=1e-4)
     assert np.all(np.abs(expected) > 0)
 

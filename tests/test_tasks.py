@@ -390,13 +390,19 @@ def test_recipe_optimizer_schedule_by_hand():
                                 "weight_decay": 5e-4, "lr_decay_epochs": [1.5, 3],
                                 "lr_decay_factor": 0.5}, steps_per_epoch=10)
     assert isinstance(opt, keras.optimizers.SGD)
-    assert (opt.momentum, opt.nesterov, opt.weight_decay) == (0.8, True, 5e-4)
+    # the recipe's weight_decay is coupled L2 (the papers' PyTorch SGD), not Keras' decoupled decay
+    assert (opt.momentum, opt.nesterov, opt.l2, opt.weight_decay) == (0.8, True, 5e-4, None)
     schedule = opt.learning_rate if callable(opt.learning_rate) else opt._learning_rate
     # boundaries at steps 15 and 30: 0.1 up to 15, then 0.05, then 0.025
     for step, lr in ((0, 0.1), (15, 0.1), (16, 0.05), (30, 0.05), (31, 0.025), (100, 0.025)):
         assert float(schedule(step)) == pytest.approx(lr), step
     adam = tasks.make_optimizer({"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4}, 10)
-    assert isinstance(adam, keras.optimizers.Adam) and adam.weight_decay == 1e-4
+    assert isinstance(adam, keras.optimizers.Adam) and (adam.l2, adam.weight_decay) == (1e-4, None)
+    decoupled = tasks.make_optimizer({"optimizer": "sgd", "lr": 0.1, "decoupled_weight_decay": 5e-4}, 10)
+    assert (decoupled.l2, decoupled.weight_decay) == (0.0, 5e-4)
+    with pytest.raises(ValueError, match="either `weight_decay`.*or `decoupled_weight_decay`"):
+        tasks.make_optimizer({"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4,
+                              "decoupled_weight_decay": 1e-4}, 10)
     with pytest.raises(ValueError, match="optimizer='rmsprop'"):
         tasks.make_optimizer({"optimizer": "rmsprop", "lr": 1.0}, 10)
 
@@ -445,7 +451,8 @@ def test_recipe_without_augmentation_trains_without_it(monkeypatch):
     zoo.clear_cache()
     assert zoo.get_entry("modular_mlp_256x4")["recipe"]["augment"] is False
     assert training.resolve_run_config("modular_mlp_256x4")["augment"] is False
-    assert training.resolve_run_config("mpnet")["augment"] is None  # the dataset's default (pad-crop)
+    assert training.resolve_run_config("mpnet")["augment"] == "pad_crop"  # the recipe's, by name
+    assert training.resolve_run_config("mpnet", augment=False)["augment"] is False  # --no-augment
 
 
 def test_jit_compile_auto_takes_the_recipes_measured_choice(test_zoo):

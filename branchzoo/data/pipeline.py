@@ -81,13 +81,53 @@ def epoch_stream(count, example, batch_size, seed, shuffle=True, epochs=None, in
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def augmenter(image_shape, flip):
-    """Per-example 4-pixel zero pad + random crop (+ horizontal flip), stateless in `key`."""
+AUGMENTS = ("pad_crop", "random_resized_crop")
+# Random-resized-crop ranges: torchvision's RandomResizedCrop defaults, as He et al.
+# (2016) and Szegedy et al. (2015) describe their ImageNet augmentation.
+CROP_AREA = (0.08, 1.0)
+CROP_ASPECT = (3.0 / 4.0, 4.0 / 3.0)
+
+
+def check_augment(augment, name="augment"):
+    """None, True, False or one of `AUGMENTS` (True means ``"pad_crop"``)."""
+    if augment in (None, True, False) or augment in AUGMENTS:
+        return augment
+    raise ValueError(
+        f"`{name}` must be None, True, False or one of {AUGMENTS}. Received: {name}={augment!r}"
+    )
+
+
+def augmenter(image_shape, flip, kind="pad_crop"):
+    """A per-example augmentation, stateless in `key`, of [0, 1] images.
+
+    ``"pad_crop"``: 4-pixel zero pad and a random crop back to the image size
+    (the CIFAR recipes of He et al. 2016 and Xie et al. 2017).
+    ``"random_resized_crop"``: a crop of 8%-100% of the area with aspect
+    ratio 3/4-4/3, resized back to the image size (bilinear); after 10
+    failed draws the whole image (TensorFlow's fallback; torchvision's is a
+    centre crop). Either adds a horizontal flip when `flip`.
+    """
     height, width, channels = (int(d) for d in image_shape)
+    if kind not in AUGMENTS:
+        raise ValueError(f"`kind` must be one of {AUGMENTS}. Received: kind={kind!r}")
+
+    def pad_crop(image, key):
+        image = tf.pad(image, [[PAD, PAD], [PAD, PAD], [0, 0]])
+        return tf.image.stateless_random_crop(image, (height, width, channels), seed=key)
+
+    def random_resized_crop(image, key):
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=key,
+            min_object_covered=0.0, aspect_ratio_range=CROP_ASPECT, area_range=CROP_AREA,
+            max_attempts=10, use_image_if_no_bounding_boxes=True,
+        )
+        crop = tf.slice(image, begin, size)
+        return tf.reshape(tf.image.resize(crop, (height, width)), (height, width, channels))
+
+    crop = pad_crop if kind == "pad_crop" else random_resized_crop
 
     def augment(image, key):
-        image = tf.pad(image, [[PAD, PAD], [PAD, PAD], [0, 0]])
-        image = tf.image.stateless_random_crop(image, (height, width, channels), seed=key)
+        image = crop(image, key)
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=key + [0, 1])
         return image
@@ -119,11 +159,13 @@ def load_dataset(name, split, batch_size, augment=None, data_dir=None, shuffle=N
                  **params):
     """A batched, normalised and (for training) augmented tf.data pipeline.
 
-    Augmentation: a 4-pixel zero pad (in [0, 1] space, before normalisation)
-    and a random crop back to the image size, plus a random horizontal flip
-    for natural images (cifar10, cifar100, fashion_mnist, image folders,
-    imagenette, afhq, celeba_hq; not digits or mnist, whose flipped digits
-    change meaning), drawn per example. Synthetic data is never augmented.
+    Augmentation (`augmenter`), in [0, 1] space before normalisation, drawn
+    per example: ``"pad_crop"`` (a 4-pixel zero pad and a random crop back
+    to the image size; the default) or ``"random_resized_crop"`` (8%-100% of
+    the area, resized back), each plus a random horizontal flip for natural
+    images (cifar10, cifar100, fashion_mnist, image folders, imagenette,
+    afhq, celeba_hq; not digits or mnist, whose flipped digits change
+    meaning). Synthetic data is never augmented.
 
     Examples, by kind (see `DatasetInfo.kind`):
 
@@ -141,7 +183,8 @@ def load_dataset(name, split, batch_size, augment=None, data_dir=None, shuffle=N
         name: a registered dataset (`list_datasets()`).
         split: ``"train"`` or ``"test"``.
         batch_size: examples per batch.
-        augment: None (augment the train split only), True (always) or False.
+        augment: None (``"pad_crop"`` on the train split only), True
+            (``"pad_crop"`` on any split), False, or a name of `AUGMENTS`.
         data_dir: local data (see `branchzoo.data.sources`); default
             ``$BRANCHZOO_DATA_DIR``. Ignored by digits and synthetic data.
         shuffle: None (shuffle the train split only), True or False.
@@ -177,9 +220,9 @@ def load_dataset(name, split, batch_size, augment=None, data_dir=None, shuffle=N
     options = resolve_options(name, classes, pairing, normalization, **params)
     split = check_split(split)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
-    for arg, value in (("augment", augment), ("shuffle", shuffle)):
-        if value not in (None, True, False):
-            raise ValueError(f"`{arg}` must be None, True or False. Received: {arg}={value!r}")
+    check_augment(augment)
+    if shuffle not in (None, True, False):
+        raise ValueError(f"`shuffle` must be None, True or False. Received: shuffle={shuffle!r}")
     if seed is not None:
         check_int(seed, "seed")
     if epochs is not None:
@@ -197,7 +240,10 @@ def load_dataset(name, split, batch_size, augment=None, data_dir=None, shuffle=N
 
     record = load_record(options, data_dir)
     count = int(len(record.labels[split]))
-    augment = split == "train" and spec.kind != "synthetic" if augment is None else augment
+    if augment is None:
+        augment = split == "train" and spec.kind != "synthetic"
+    if augment is True:
+        augment = "pad_crop"
     shuffle = split == "train" if shuffle is None else shuffle
 
     if spec.kind == "synthetic":
@@ -209,7 +255,7 @@ def load_dataset(name, split, batch_size, augment=None, data_dir=None, shuffle=N
     else:
         images = tf.constant(record.images[split])
         labels = tf.constant(record.labels[split].astype(np.int32))
-        pad_crop = augmenter(tuple(images.shape[1:]), flip=spec.flippable)
+        transform = augmenter(tuple(images.shape[1:]), spec.flippable, augment) if augment else None
         normalize = _normalizer(options.normalization, record.mean, record.std)
         num_classes = len(record.class_names)
         if options.pairing == "target_class" and num_classes < 2:
@@ -220,8 +266,8 @@ def load_dataset(name, split, batch_size, augment=None, data_dir=None, shuffle=N
 
         def example(index, key):
             image = tf.cast(tf.gather(images, index), tf.float32) / 255.0
-            if augment:
-                image = pad_crop(image, key)
+            if transform is not None:
+                image = transform(image, key)
             label = tf.gather(labels, index)
             if options.pairing == "target_class":
                 return (normalize(image), label), other_class(label, num_classes, key)

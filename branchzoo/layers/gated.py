@@ -143,8 +143,14 @@ class GatedConnect(keras.layers.Layer):
       clipped into [0, 1] by `UnitInterval` after each update). Training:
       ``K`` distinct inputs per block drawn from the normalised gate row
       (`sample_gates`), binary gates forward, straight-through gradient to
-      the real gates. Inference, or ``frozen=True``: deterministic top-K
-      (`top_k_gates`); frozen gates are not trainable and get no gradient.
+      the real gates: ``dL/dg_jk = <dL/dx_j, y_k>``, the gradient of Eq. 1's
+      sum with respect to the binary gate (the 1/K of the mean is not
+      passed on, so gates learn at the same rate for every K). Algorithm 1
+      updates them by a plain step ``g <- clip(g - eta dL/dg)``: train them
+      with ``plain_step={"*_gate/gates": eta}`` of `branchzoo.optimizers`
+      (the zoo recipes do), not with the weights' momentum and decay.
+      Inference, or ``frozen=True``: deterministic top-K (`top_k_gates`);
+      frozen gates are not trainable and get no gradient.
     - ``"full"``: every block reads every input (``fan_in`` must equal
       ``num_inputs``); Fixed-Full, i.e. ResNeXt.
     - ``"random"``: ``K`` inputs per block drawn once from `seed` at build
@@ -285,7 +291,9 @@ class GatedConnect(keras.layers.Layer):
         if training and not self._frozen:
             real = ops.convert_to_tensor(self.gates)
             binary = sample_gates(ops.stop_gradient(real), self.fan_in, seed=self.seed_generator)
-            return binary + (real - ops.stop_gradient(real))
+            # `call` scales the gates by 1/K (the mean); the straight-through term is scaled by
+            # K so that dL/dg is Eq. 1's gradient w.r.t. the binary gate, whatever K is.
+            return binary + (real - ops.stop_gradient(real)) * float(self.fan_in)
         return top_k_gates(ops.stop_gradient(ops.convert_to_tensor(self.gates)), self.fan_in)
 
     def call(self, inputs, training=None):

@@ -381,6 +381,7 @@ class ClassTransferGANTask(tasks.Task):
     """
 
     name = TASK
+    recipe_keys = ("generator", "discriminator", "log_images_every")
 
     def _options(self, run):
         options = {"pairing": "target_class", "normalization": "symmetric", **run.get("dataset_options", {})}
@@ -405,7 +406,7 @@ class ClassTransferGANTask(tasks.Task):
         from branchzoo import data
 
         return data.load_dataset(
-            run["dataset"], "train", run["batch_size"], augment=run.get("augment") is True,
+            run["dataset"], "train", run["batch_size"], augment=run.get("augment") or False,
             data_dir=run["data_dir"], seed=run["seed"], epochs=epochs, initial_epoch=initial_epoch,
             steps_per_epoch=run["steps_per_epoch"], **self._options(run),
         )
