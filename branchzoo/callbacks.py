@@ -197,7 +197,10 @@ class AnalysisCallback(keras.callbacks.Callback):
     ``<analysis>/seconds``, the time it took), at step = epoch index, like
     Keras' epoch summaries. ``train.py --analysis saturation,probes
     --analysis-every N`` is this callback. (After 003_4bdb2e82324dbf00.txt:
-    probes, saturation, CKA and gradient flow during training.)
+    probes, saturation, CKA and gradient flow during training.) An analysis
+    with a ``recorder`` attribute (gradient flow) gets it created at the start
+    of training, attached to the model's optimizer, and passed back as
+    ``recorded=`` each time it runs.
 
     Args:
         names: analysis names, ``"saturation,probes"`` or a list.
@@ -264,6 +267,7 @@ class AnalysisCallback(keras.callbacks.Callback):
         self._prepared = None
         self._last_run = {}
         self._last_epoch = None
+        self._recorders = {}
 
     def _prepared_data(self):
         if self._prepared is None:
@@ -288,6 +292,18 @@ class AnalysisCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._prepared_data()
+        # An analysis may record something during training (its ``recorder`` attribute,
+        # e.g. gradient flow): created once, attached to each phase's optimizer.
+        from branchzoo.analysis.registry import get_analysis
+
+        for name in self.names:
+            factory = getattr(get_analysis(name), "recorder", None)
+            if factory is None:
+                continue
+            if name not in self._recorders:
+                self._recorders[name] = factory(self.model)
+            if getattr(self.model, "optimizer", None) is not None:
+                self._recorders[name].attach(self.model.optimizer)
 
     def on_epoch_end(self, epoch, logs=None):
         self._last_epoch = epoch
@@ -310,7 +326,10 @@ class AnalysisCallback(keras.callbacks.Callback):
         out = {}
         for name in names:
             start = time.perf_counter()
-            result = get_analysis(name)(self.model, self._prepared_data(), **self.options.get(name, {}))
+            options = dict(self.options.get(name, {}))
+            if name in self._recorders:
+                options["recorded"] = self._recorders[name]
+            result = get_analysis(name)(self.model, self._prepared_data(), **options)
             seconds = time.perf_counter() - start
             if not isinstance(result, AnalysisResult):
                 raise TypeError(f"Analysis {name!r} must return an AnalysisResult. Received: {type(result)}")

@@ -1,26 +1,30 @@
 #!/usr/bin/env python
-"""MPNet2(1:3x3, 4:7x7) at reduced width, trained briefly on CIFAR-10, then the full report.
+"""MPNet2(1:3x3, 4:7x7) at reduced width, trained on CIFAR-10, then the full report.
 
 After 003_4bdb2e82324dbf00.txt, Sec. 4.1 and Fig. 5a: with one 3x3 layer against
 four 7x7 layers per block, the paper finds the short pathway dominant (its
 probe accuracy advances the solution) and the long one non-dominant, with
-smaller gradients (Fig. 6b). This script trains the same topology at a
-CPU-sized width and writes every analysis of issue 12 for it:
+smaller accumulated gradients (Fig. 6b); removing the non-dominant layers
+costs 2.16 points. This script trains the same topology at a CPU-sized width
+and writes every analysis for it:
 
     BRANCHZOO_DATA_DIR=/work/shared/datasets python experiments/mpnet_probes_cifar10.py
 
 writes ``experiments/output/mpnet_probes_cifar10/``: ``probes-accuracy.png``,
-``saturation-layers.png``, ``cka-output.png``, ``cka-heatmap.png``,
-``gradients-flow.png``, ``probes-with-saturation.png`` (Fig. 3 style),
-``report.json`` (every number, the settings, the training history and a
-``dominance`` summary: per block, the probe accuracy and gradient size of
-each pathway's last layer) and ``summary.md``, a table of the per-block
-comparison written from ``report.json`` (``--summarize REPORT`` rewrites it
-from an existing report).
+``saturation-layers.png`` (tail patterns shaded), ``cka-output.png``,
+``cka-heatmap.png``, ``gradients-flow.png`` (|mean(dL/dW)| accumulated over
+every training step), ``pathway_removal-drop.png``,
+``probes-with-saturation.png`` (Fig. 3 style), ``report.json`` (every
+number, the settings, the training history, a ``dominance`` summary per
+block and the ``tail`` of each pathway by probes and saturation together)
+and ``summary.md``, written from ``report.json`` (``--summarize REPORT``
+rewrites it from an existing report).
 
-Training is plain ``model.fit`` (SGD with momentum, cosine decay, the data
-pipeline's flip + pad-crop augmentation), not train.py: a CPU-sized run, not
-the paper's 30-epoch recipe.
+Training is ``model.fit`` with the paper's schedule shape (SGD momentum 0.9,
+lr x0.1 after a third and after two thirds of the epochs; the paper: 30
+epochs, lr 0.1) over fewer epochs, coupled L2 weight decay 5e-4
+(`branchzoo.optimizers.SGD`) and flip + 4-pixel pad-crop: a CPU-sized run,
+not the paper's 30 epochs.
 """
 
 import argparse
@@ -40,14 +44,15 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=os.environ.get("BRANCHZOO_DATA_DIR"),
                    help="folder holding CIFAR-10 (default: $BRANCHZOO_DATA_DIR)")
     p.add_argument("--widths", default="8,16,32,64", help="stage widths (the paper: 64,128,256,512)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--steps-per-epoch", type=int, default=200, help="batches per epoch (a subset each epoch)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05, help="peak SGD learning rate (cosine decay to 0)")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="batches per epoch (default: the whole training split)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1,
+                   help="SGD learning rate, x0.1 after 1/3 and 2/3 of the epochs (the paper's schedule shape)")
     p.add_argument("--probe-train", type=int, default=5000, help="training examples for the probes")
     p.add_argument("--probe-test", type=int, default=2000, help="test examples for probes and CKA")
     p.add_argument("--saturation-examples", type=int, default=10000, help="test examples for saturation")
-    p.add_argument("--gradient-batches", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=DEFAULT_OUTPUT)
     p.add_argument("--dpi", type=int, default=80)
@@ -63,14 +68,14 @@ def parse_args(argv=None):
     except ValueError:
         p.error(f"--widths: expected comma-separated integers, got {args.widths!r}")
     for flag in ("epochs", "steps_per_epoch", "batch_size", "probe_train", "probe_test",
-                 "saturation_examples", "gradient_batches"):
-        if getattr(args, flag) < 1:
+                 "saturation_examples"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
     return args
 
 
 def dominance(numbers_probes, numbers_gradients):
-    """Per block: probe accuracy and mean |dL/dW| of each pathway's last conv."""
+    """Per block: probe accuracy and |mean(dL/dW)| (accumulated) of each pathway's last conv."""
     blocks = {}
     for name in numbers_probes["layers"]:
         if "/path" not in name:
@@ -84,44 +89,53 @@ def dominance(numbers_probes, numbers_gradients):
             path: {
                 "layer": name,
                 "probe_accuracy": numbers_probes["accuracy"][name],
-                "mean_abs_gradient": numbers_gradients["mean_abs_gradient"].get(name),
+                "abs_mean_gradient": numbers_gradients["abs_mean_gradient"].get(name),
             }
             for path, name in sorted(last.items())
         }
     short_wins = sum(v["path1"]["probe_accuracy"] > v["path2"]["probe_accuracy"] for v in summary.values())
-    return {"blocks": summary, "num_blocks": len(summary), "blocks_where_short_path_probes_higher": short_wins}
+    larger_gradient = sum(v["path1"]["abs_mean_gradient"] > v["path2"]["abs_mean_gradient"]
+                          for v in summary.values())
+    return {"blocks": summary, "num_blocks": len(summary), "blocks_where_short_path_probes_higher": short_wins,
+            "blocks_where_short_path_gradient_larger": larger_gradient}
 
 
 def summary_markdown(report):
-    """The per-block comparison of the two pathways' last layers, as markdown, from `report`."""
+    """The per-block comparison of the two pathways, the tails and the removal test, from `report`."""
     exp = report["experiment"]
-    probes, cka, sat = report["probes"], report["cka"], report["saturation"]
+    probes, cka, sat, grads = report["probes"], report["cka"], report["saturation"], report["gradients"]
+    removal = report["pathway_removal"]
+    dom = report["dominance"]
     titles = probes.get("pathway_titles", {})
+    train = exp["training"]
     lines = [
-        f"# {exp['model']}, widths {exp['widths']}, on CIFAR-10",
+        f"# {exp['model']}, widths {exp['widths']}, on CIFAR-10 (JPEG q75)",
         "",
         f"Written by experiments/mpnet_probes_cifar10.py from report.json. Command: `{exp['command']}`.",
-        f"{exp['parameters']:,} trainable parameters; {exp['training']['epochs']} x "
-        f"{exp['training']['steps_per_epoch']} steps of batch {exp['training']['batch_size']} in "
-        f"{exp['training']['seconds']:.0f} s; test accuracy {100 * exp['test_accuracy']:.2f}% "
-        f"(chance 10%). Probes: {probes['num_train']} train / {probes['num_test']} test examples "
-        f"({probes['not_converged']} of {len(probes['layers'])} probes stopped at the iteration limit); "
-        f"saturation: {sat['samples']} test examples; CKA: linear, {probes['num_test']} test examples.",
+        f"{exp['parameters']:,} trainable parameters; {train['epochs']} epochs of "
+        f"{train['steps_per_epoch']} steps of batch {train['batch_size']} ({train['optimizer']}) in "
+        f"{train['seconds']:.0f} s wall, {train['cpu_seconds']:.0f} s CPU; test top-1 "
+        f"{100 * exp['test_accuracy']:.2f}% (chance 10%). Probes: {probes['num_train']} train / "
+        f"{probes['num_test']} test examples, {probes['not_converged']} of {len(probes['layers'])} "
+        f"not converged; saturation (delve's rule, every position a sample): {sat['samples']} test "
+        f"examples; CKA: linear, {probes['num_test']} test examples; gradient flow: {grads['source']}.",
         "",
         "Last layer of each pathway in each block (path1 = "
         f"{titles.get('path1', 'path1')}, the short one; path2 = {titles.get('path2', 'path2')}):",
         "",
         "| block | probe acc. path1 | probe acc. path2 | CKA with output path1 | path2 | "
-        "saturation path1 | path2 | mean abs grad. path1 / path2 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "saturation path1 | path2 | abs. mean grad. path1 / path2 | top-1 lost without path2 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for block, paths in report["dominance"]["blocks"].items():
+    drops = removal["pathways"]["path2"]["drop"]
+    for block, paths in dom["blocks"].items():
         a, b = paths["path1"], paths["path2"]
-        ratio = a["mean_abs_gradient"] / b["mean_abs_gradient"] if b["mean_abs_gradient"] else float("nan")
+        ratio = a["abs_mean_gradient"] / b["abs_mean_gradient"] if b["abs_mean_gradient"] else float("nan")
         lines.append(
             f"| {block} | {a['probe_accuracy']:.3f} | {b['probe_accuracy']:.3f} | "
             f"{cka['cka_with_output'][a['layer']]:.3f} | {cka['cka_with_output'][b['layer']]:.3f} | "
-            f"{sat['saturation'][a['layer']]:.2f} | {sat['saturation'][b['layer']]:.2f} | {ratio:.1f} |"
+            f"{sat['saturation'][a['layer']]:.2f} | {sat['saturation'][b['layer']]:.2f} | {ratio:.1f} | "
+            f"{100 * drops[block]:.2f} |"
         )
     lines += [
         "",
@@ -133,8 +147,30 @@ def summary_markdown(report):
     for label, section, key in (("probe accuracy", probes, "mean_accuracy"),
                                 ("CKA with output", cka, "mean_cka_with_output"),
                                 ("saturation", sat, "mean_saturation"),
-                                ("mean abs gradient", report["gradients"], "mean_abs_gradient")):
+                                ("abs. mean gradient (accumulated)", grads, "abs_mean_gradient")):
         lines.append(f"| {label} | {section[key + '/path1']:.4g} | {section[key + '/path2']:.4g} |")
+    lines += ["", "Pathway removal (one block at a time, no retraining; the paper: 2.16 points on "
+              "average for the non-dominant layers):", ""]
+    for p, r in removal["pathways"].items():
+        lines.append(f"- without {p} ({titles.get(p, p)}): {100 * r['mean_drop']:.2f} points lost on "
+                     f"average over the blocks, {100 * r['all_blocks_drop']:.2f} without it in every block "
+                     f"(intact {100 * r['intact_top1']:.2f}%, {r['examples']} test examples).")
+    lines += ["", "Tail patterns (probes and saturation together; "
+              f"rule: saturation below {report['tail']['rule']['relative']} x the sequence's median and "
+              f"probe accuracy within {report['tail']['rule']['tolerance']} of its best; at least "
+              f"{report['tail']['rule']['min_length']} layers):", ""]
+    for p, t in report["tail"]["pathways"].items():
+        if t["layers"]:
+            lines.append(f"- {p}: {t['length']} layers from {t['start']} ({100 * t['fraction']:.0f}% of its "
+                         f"sequence); probe gain in the tail {t['probe_gain_in_tail']:+.3f}.")
+        else:
+            lines.append(f"- {p}: none.")
+    lines += [
+        "",
+        f"Short pathway's last layer probes higher in {dom['blocks_where_short_path_probes_higher']} of "
+        f"{dom['num_blocks']} blocks; its accumulated gradient is larger in "
+        f"{dom['blocks_where_short_path_gradient_larger']} of {dom['num_blocks']}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -155,32 +191,37 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    from branchzoo import data
-    from branchzoo.analysis import plots
+    from branchzoo import data, optimizers
+    from branchzoo.analysis import plots, tail
     from branchzoo.analysis.extraction import analysis_layers
+    from branchzoo.analysis.gradients import GradientFlowRecorder
     from branchzoo.analysis.probes import ProbeResult
     from branchzoo.analysis.registry import AnalysisData, get_analysis, write_report
     from branchzoo.models import mpnet
 
     keras.utils.set_random_seed(args.seed)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     info = data.dataset_info("cifar10", data_dir=args.data_dir)
     model = mpnet([[1, 3], [4, 7]], blocks_per_stage=2, widths=args.widths,
                   num_classes=info.num_classes, input_shape=info.image_shape)
-    steps = args.epochs * args.steps_per_epoch
-    schedule = keras.optimizers.schedules.CosineDecay(args.lr, steps)
+    train = data.load_dataset("cifar10", "train", args.batch_size, data_dir=args.data_dir, seed=args.seed,
+                              steps_per_epoch=args.steps_per_epoch)
+    steps_per_epoch = int(train.cardinality().numpy())
+    boundaries = [round(steps_per_epoch * args.epochs * f) for f in (1 / 3, 2 / 3)]
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+        boundaries, [args.lr, args.lr * 0.1, args.lr * 0.01])
     model.compile(
-        optimizer=keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=5e-4),
+        optimizer=optimizers.SGD(schedule, momentum=0.9, l2=5e-4),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    train = data.load_dataset("cifar10", "train", args.batch_size, data_dir=args.data_dir, seed=args.seed,
-                              steps_per_epoch=args.steps_per_epoch)
+    recorder = GradientFlowRecorder(model)
+    recorder.attach(model.optimizer)
     test = data.load_dataset("cifar10", "test", 256, data_dir=args.data_dir)
     history = model.fit(train, epochs=args.epochs, verbose=2)
     loss, accuracy = model.evaluate(test, verbose=0)
-    train_seconds = time.perf_counter() - start
-    print(f"trained {steps} steps in {train_seconds:.0f} s; test accuracy {accuracy:.4f}", flush=True)
+    train_seconds, train_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    print(f"trained {recorder.steps} steps in {train_seconds:.0f} s; test accuracy {accuracy:.4f}", flush=True)
 
     analysis_data = AnalysisData(
         train=data.load_dataset("cifar10", "train", 256, augment=False, data_dir=args.data_dir, seed=args.seed),
@@ -191,7 +232,8 @@ def main(argv=None):
         "probes": {"max_train_examples": args.probe_train, "max_test_examples": args.probe_test},
         "saturation": {"max_examples": args.saturation_examples},
         "cka": {"max_examples": args.probe_test, "heatmap_examples": min(args.probe_test, 1000)},
-        "gradients": {"max_batches": args.gradient_batches},
+        "gradients": {"recorded": recorder},
+        "pathway_removal": {},
     }
     results, seconds = {}, {}
     for name, kwargs in options.items():
@@ -200,35 +242,42 @@ def main(argv=None):
         seconds[name] = time.perf_counter() - t0
         print(f"{name}: {seconds[name]:.0f} s", flush=True)
 
-    # Fig. 3 style: probe accuracy and saturation in one figure.
+    # Fig. 3 style: probe accuracy and saturation in one figure, each pathway's tail shaded
+    # where both signals put it.
     p = results["probes"].numbers
     infos = analysis_layers(model)
+    sat = results["saturation"].numbers["saturation"]
+    tails = tail.tail_patterns(infos, saturation=sat, accuracy=p["accuracy"])
     probe_result = ProbeResult(
         layers=infos, accuracy=p["accuracy"], train_accuracy=p["train_accuracy"],
         model_test_accuracy=p["model_test_accuracy"], num_classes=info.num_classes,
-        num_train=p["num_train"], num_test=p["num_test"], pathway_titles=p["pathway_titles"],
+        num_train=p["num_train"], num_test=p["num_test"], not_converged=p["not_converged"],
+        pathway_titles=p["pathway_titles"],
     )
     results["probes"].figures["with-saturation"] = plots.plot_probes(
-        probe_result, saturation=results["saturation"].numbers["saturation"])
+        probe_result, saturation=sat, spans=tail.tail_spans(tails, infos))
 
     command = "BRANCHZOO_DATA_DIR=<data> python experiments/mpnet_probes_cifar10.py " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--data-dir"))
+    any_tail = next(iter(tails.values()))
     extra = {
         "experiment": {
             "command": command.strip(),
             "model": "MPNet2(1:3x3, 4:7x7)",
             "widths": args.widths,
             "parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
-            "training": {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
-                         "batch_size": args.batch_size, "lr": args.lr, "optimizer": "SGD momentum 0.9, "
-                         "weight decay 5e-4, cosine decay", "seconds": round(train_seconds, 1),
+            "training": {"epochs": args.epochs, "steps_per_epoch": steps_per_epoch,
+                         "batch_size": args.batch_size, "lr": args.lr,
+                         "optimizer": "SGD momentum 0.9, coupled L2 5e-4, lr x0.1 at 1/3 and 2/3",
+                         "seconds": round(train_seconds, 1), "cpu_seconds": round(train_cpu, 1),
                          "history": {k: [round(float(v), 4) for v in vs] for k, vs in history.history.items()}},
             "test_accuracy": float(accuracy),
             "test_loss": float(loss),
             "analysis_seconds": {k: round(v, 1) for k, v in seconds.items()},
-            "options": options,
+            "options": {k: {o: v for o, v in kw.items() if o != "recorded"} for k, kw in options.items()},
         },
         "dominance": dominance(results["probes"].numbers, results["gradients"].numbers),
+        "tail": {"pathways": tails, "rule": {k: any_tail[k] for k in ("relative", "tolerance", "min_length")}},
     }
     written = write_report(args.output, results, extra=extra, dpi=args.dpi)
     written.append(write_summary(os.path.join(args.output, "report.json")))

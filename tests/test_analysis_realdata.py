@@ -10,7 +10,7 @@ from test_train import run_cli
 REAL_DATA = os.environ.get("BRANCHZOO_DATA_DIR")
 HAS_CIFAR = bool(REAL_DATA and os.path.exists(os.path.join(REAL_DATA, "cifar10-jpeg.tar.gz")))
 FIGURES = ["probes-accuracy.png", "probes-with-saturation.png", "saturation-layers.png",
-           "cka-output.png", "cka-heatmap.png", "gradients-flow.png"]
+           "cka-output.png", "cka-heatmap.png", "gradients-flow.png", "pathway_removal-drop.png"]
 
 
 @pytest.mark.slow
@@ -20,10 +20,14 @@ def test_mpnet_report_on_real_cifar10(tmp_path):
     out = tmp_path / "report"
     run_cli("experiments/mpnet_probes_cifar10.py", "--data-dir", REAL_DATA, "--widths", "4,4,8,8",
             "--epochs", "1", "--steps-per-epoch", "20", "--batch-size", "32", "--probe-train", "400",
-            "--probe-test", "200", "--saturation-examples", "400", "--gradient-batches", "1",
+            "--probe-test", "200", "--saturation-examples", "400",
             "--output", str(out))
     report = json.loads((out / "report.json").read_text())
-    assert {"probes", "saturation", "cka", "gradients", "experiment", "dominance"} <= set(report)
+    assert {"probes", "saturation", "cka", "gradients", "pathway_removal", "experiment", "dominance",
+            "tail"} <= set(report)
+    assert report["gradients"]["source"] == "accumulated over 20 training steps"
+    assert report["probes"]["not_converged"] == 0
+    assert set(report["tail"]["pathways"]) == {"path1", "path2"}
     for name in FIGURES:
         assert 0 < os.path.getsize(out / name) < 400_000
     probes = report["probes"]

@@ -161,9 +161,33 @@ def test_gradient_flow_matches_a_plain_gradient_tape():
     kernel = model.get_layer("stage2_block1").paths[1][1][0].kernel  # path2_conv2
     with tf.GradientTape() as tape:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, model(x, training=True))
-    expected = float(tf.reduce_mean(tf.abs(tape.gradient(loss, kernel))))
+    # the paper's statistic: |mean(g)| of the kernel's gradient, not mean(|g|)
+    expected = abs(float(tf.reduce_mean(tape.gradient(loss, kernel))))
     model.set_weights(saved)  # the plain call updated the BN statistics
     assert values["stage2_block1/path2_conv2"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_recorder_averages_abs_mean_gradient_over_the_training_steps():
+    import tensorflow as tf
+
+    from branchzoo.analysis.gradients import GradientFlowRecorder
+
+    model = tiny_mpnet()
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss_fn)  # lr 0: the weights stay put
+    x, y = random_arrays(48)
+    kernel = model.get_layer("stage2_block1").paths[1][1][0].kernel
+    expected = []
+    for b in range(3):  # the steps fit will take, at the same (unchanging) weights
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y[16 * b:16 * (b + 1)], model(x[16 * b:16 * (b + 1)], training=True))
+        expected.append(abs(float(tf.reduce_mean(tape.gradient(loss, kernel)))))
+    recorder = GradientFlowRecorder(model)
+    recorder.attach(model.optimizer)
+    recorder.attach(model.optimizer)  # attaching twice records once
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert recorder.steps == 3
+    assert recorder.result()["stage2_block1/path2_conv2"] == pytest.approx(np.mean(expected), rel=1e-4)
 
 
 # --- saturation and CKA on models --------------------------------------------------
@@ -266,9 +290,56 @@ def test_callback_logs_images_and_scalars_every_n_epochs(tmp_path):
     assert runs == [(0, "saturation"), (1, "saturation"), (1, "gradients"), (2, "saturation"), (2, "gradients")]
     tags = _tags(str(tmp_path))
     assert {"saturation/mean_saturation", "saturation/seconds", "saturation/layers",
-            "gradients/flow", "gradients/mean_abs_gradient/path1"} <= tags
+            "gradients/flow", "gradients/abs_mean_gradient/path1"} <= tags
+    # gradient flow as the paper measures it: accumulated over the 2 steps of each of 3 epochs
+    assert callback.results["gradients"]["source"] == "accumulated over 6 training steps"
     assert "saturation/saturation" not in tags  # only top-level scalars are logged
     with pytest.raises(ValueError, match=r"Unknown analysis 'probs'"):
         AnalysisCallback("probs", data)
     with pytest.raises(ValueError, match=r"`every \(saturation\)` must be >= 1. Received: every \(saturation\)=0"):
         AnalysisCallback("saturation", data, every=0)
+
+
+def test_probes_fit_to_convergence_and_report_the_unfinished_ones():
+    from branchzoo.analysis.probes import probes_analysis
+    from branchzoo.analysis.registry import AnalysisData
+
+    model = tiny_mpnet()
+    x, y = random_arrays(120, classes=3)
+    data = AnalysisData(train=(x, y), test=random_arrays(60, classes=3, seed=1), num_classes=3)
+    # random labels on 128 features: separable, the hard case for L-BFGS; the default limit converges
+    done = probes_analysis(model, data, layers="*/sum")
+    assert done.numbers["not_converged"] == 0
+    assert "not converged" not in done.figures["accuracy"].axes[0].get_title()
+    unfinished = probes_analysis(model, data, layers="*/sum", max_iter=2)
+    assert unfinished.numbers["not_converged"] == 4  # every one of the 4 block sums
+    assert "4 probes not converged" in unfinished.figures["accuracy"].axes[0].get_title()
+    # and the tail of the sequence is reported with the rule that found it (only the sums
+    # were probed: one sequence)
+    assert set(done.numbers["tail"]) == {"main"}
+    assert done.numbers["tail"]["main"]["criteria"] == ["probes"]
+
+
+def test_pathway_removal_zeroes_one_pathway_of_one_block_and_restores_it():
+    from branchzoo.analysis import pathway_removal
+    from branchzoo.analysis.pathways import _removed
+
+    model = tiny_mpnet()
+    x, y = random_arrays(40)
+    block = model.get_layer("stage2_block1")
+    before = all_weights(model)
+    inputs = np.random.default_rng(3).standard_normal((4, 8, 8, 4)).astype("float32")
+    _, parts = block(inputs, training=False, return_intermediates=True)
+    with _removed([block], 2):
+        removed = block(inputs, training=False)
+    # the block's sum without path2 is path1's own last ReLU output (1:3x3 has one layer)
+    np.testing.assert_allclose(np.asarray(removed), np.asarray(parts["path1_relu1"]), atol=1e-6)
+    for a, b in zip(before, all_weights(model)):
+        np.testing.assert_array_equal(a, b)  # restored exactly
+    out = pathway_removal(model, (x, y), pathway=2)
+    intact = np.mean(np.argmax(model.predict(x, verbose=0), axis=-1) == y)
+    assert out["intact_top1"] == pytest.approx(intact)
+    assert set(out["drop"]) == {"stage1_block1", "stage2_block1", "stage3_block1", "stage4_block1"}
+    assert out["mean_drop"] == pytest.approx(np.mean(list(out["drop"].values())))
+    with pytest.raises(ValueError, match=r"`pathway` must be between 1 and 2. Received: pathway=3"):
+        pathway_removal(model, (x, y), pathway=3)

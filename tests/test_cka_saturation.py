@@ -171,13 +171,16 @@ def samples_with_covariance(eigenvalues, n=400, mean=5.0):
 @pytest.mark.parametrize(
     "eigenvalues, expected_dim",
     [
-        # cumulative ratios .5, .8, .995, 1: the 0.99 threshold falls between the
-        # 2nd and 3rd eigenvalue; 3 components reach 99% and delve counts 2
-        ((0.5, 0.3, 0.195, 0.005), 2),
-        ((1.0, 1.0, 1.0, 1.0), 3),  # .25, .5, .75, 1
+        # delve's rule (delve/metrics.py, compute_intrinsic_dimensionality): keep the components
+        # whose cumulative ratio is below 0.99, at least 1, and one more when 0.99 minus the
+        # last kept ratio exceeds 0.02
+        ((9.0, 1.0, 0.0, 0.0), 2),  # .9, 1: one kept, .99 - .9 > .02: two (SPEC-NOTES' example)
+        ((1.0,) * 10, 10),  # .1 .. .9 kept, .99 - .9 > .02: ten of ten (SPEC-NOTES' example)
+        ((0.5, 0.3, 0.195, 0.005), 3),  # .5, .8 kept; .99 - .8 > .02: three
+        ((1.0, 1.0, 1.0, 1.0), 4),  # .25, .5, .75 kept; +1
         ((3.0, 0.0, 0.0), 1),  # 1, 1, 1: no ratio below 0.99, at least 1
-        ((0.98, 0.015, 0.004, 0.001), 1),  # .98, .995, ...
-        ((0.9, 0.05, 0.03, 0.015, 0.005), 3),  # .9, .95, .98, .995, 1
+        ((0.98, 0.015, 0.004, 0.001), 1),  # .98 kept; .99 - .98 = .01: no extra
+        ((0.9, 0.05, 0.03, 0.015, 0.005), 3),  # .9, .95, .98 kept; .01: no extra
     ],
 )
 def test_saturation_hand_cases(eigenvalues, expected_dim):
@@ -208,13 +211,19 @@ def test_adaptive_pooling_windows_are_pytorchs():
     assert adaptive_average_pool(small, 4) is small  # no larger than 4x4: unchanged
 
 
-def test_saturation_pools_maps_to_4x4_then_counts_positions():
+def test_saturation_counts_every_position_of_every_map_without_pooling():
+    # delve's "channelwise" mode: samples = N * H * W, features = C
     maps = RNG.standard_normal((3, 16, 16, 6))
     acc = SaturationAccumulator()
     acc.update(maps)
-    assert acc.samples == 3 * 16 and acc.channels == 6
-    pooled = maps.reshape(3, 4, 4, 4, 4, 6).mean(axis=(2, 4)).reshape(-1, 6)
-    np.testing.assert_allclose(acc.covariance(), np.cov(pooled.T, bias=True), atol=1e-12)
+    assert acc.samples == 3 * 16 * 16 and acc.channels == 6
+    flat = maps.reshape(-1, 6)
+    np.testing.assert_allclose(acc.covariance(), np.cov(flat.T, bias=True), atol=1e-12)
+    # a map whose channels vary only within each 4x4 window: pooling first would see none
+    # of that variance (saturation 1/6), every position sees all of it
+    inside = np.tile(RNG.standard_normal((1, 4, 4, 6)), (2, 4, 4, 1))
+    inside -= inside.reshape(-1, 6).mean(axis=0)
+    assert saturation(inside) > 0.5
 
 
 def test_streaming_saturation_equals_one_shot():
@@ -237,7 +246,5 @@ def test_saturation_bad_arguments():
         acc.update(np.ones((2, 5)))
     with pytest.raises(ValueError, match=r"`threshold` must be in \(0, 1\]. Received: threshold=1.5"):
         SaturationAccumulator(threshold=1.5)
-    with pytest.raises(ValueError, match=r"`pool_size` must be >= 1. Received: pool_size=0"):
-        SaturationAccumulator(pool_size=0)
     with pytest.raises(ValueError, match="No samples"):
         SaturationAccumulator().result()

@@ -83,6 +83,29 @@ def test_connectivity_analysis_on_a_gated_model(tmp_path):
     assert json.load(open(tmp_path / "report.json"))["connectivity"]["blocks_test"] == numbers["blocks_test"]
 
 
+def test_ties_in_the_top_k_choice_are_counted():
+    from branchzoo.analysis.gated import top_k_ties
+
+    gates = np.array([
+        [1.0, 1.0, 1.0, 0.2, 0.0],  # K=2: three gates at 1 compete for two places -> tie
+        [1.0, 1.0, 0.5, 0.5, 0.0],  # the top 2 are the two 1s: no tie (0.5s are 3rd and 4th)
+        [0.9, 0.7, 0.7, 0.1, 0.1],  # 2nd and 3rd equal -> tie
+        [0.3, 0.2, 0.1, 0.0, 0.0],  # 0.2 > 0.1: no tie
+    ])
+    assert top_k_ties(gates, 2) == 2
+    assert top_k_ties(gates, 3) == 1  # row 0: 1 > 0.2; row 1: 0.5 == 0.5; row 2: 0.7 > 0.1; row 3: 0.1 > 0.0
+    assert top_k_ties(gates, 5) == 0  # every input is read: nothing to choose
+    assert top_k_ties(np.array([[0.50, 0.49, 0.2]]), 1, tolerance=0.02) == 1
+    model = resnext_cifar(fan_in=2, connectivity="learned", seed=0, **TINY)
+    for layer in model.layers:
+        if isinstance(layer, GatedConnect):
+            layer.gates.assign(np.array([[1.0, 1.0, 1.0, 0.0]] * 2 + [[0.9, 0.5, 0.2, 0.1]] * 2, "float32"))
+    numbers = get_analysis("connectivity")(model, AnalysisData()).numbers
+    # 5 gate layers x 4 blocks; in each, the first two rows tie (three gates at 1 for two places)
+    assert (numbers["top_k_choices"], numbers["top_k_ties"]) == (20, 10)
+    assert numbers["gates_at_1"] == pytest.approx(6 / 16)
+
+
 def test_random_connectivity_has_no_histogram():
     model = resnext_cifar(fan_in=2, connectivity="random", seed=0, **TINY)
     result = get_analysis("connectivity")(model, AnalysisData())

@@ -1,9 +1,9 @@
 """Analysis tools: plain functions returning arrays or matplotlib figures.
 
 After 003_4bdb2e82324dbf00.txt (Richter et al.): logistic-regression probes,
-saturation, CKA and gradient flow per layer and pathway, for any registered
-model. Each is also a named analysis (``probes``, ``saturation``, ``cka``,
-``gradients``) that ``evaluate.py --analysis`` and the training callback run
+saturation, CKA, gradient flow, tail patterns and pathway removal per layer
+and pathway, for any registered model. Each is also a named analysis
+(``probes``, ``saturation``, ``cka``, ``gradients``, ``pathway_removal``) that ``evaluate.py --analysis`` and the training callback run
 through `branchzoo.analysis.registry`.
 
     >>> from branchzoo.analysis import cka, saturation, fit_probes, gradient_flow, feature_model
@@ -23,12 +23,12 @@ from branchzoo.analysis.features import feature_model, feature_names
 from branchzoo.analysis.cka import (
     CKAAccumulator, center_gram, cka, cka_from_grams, cka_matrix, cka_with_output, gram_linear, gram_rbf,
 )
-from branchzoo.analysis.saturation import (
-    SaturationAccumulator, adaptive_average_pool, intrinsic_dimension, layer_saturation, saturation,
-)
+from branchzoo.analysis.saturation import SaturationAccumulator, intrinsic_dimension, layer_saturation, saturation
 from branchzoo.analysis.probes import ProbeResult, fit_probe, fit_probes
-from branchzoo.analysis.gradients import gradient_flow
-from branchzoo.analysis.extraction import analysis_layers, layer_positions
+from branchzoo.analysis.gradients import GradientFlowRecorder, gradient_flow
+from branchzoo.analysis.pathways import pathway_removal
+from branchzoo.analysis.tail import tail_pattern, tail_patterns
+from branchzoo.analysis.extraction import adaptive_average_pool, analysis_layers, layer_positions
 from branchzoo.analysis import plots  # noqa: F401
 
 from branchzoo.analysis.gated import connectivity_figure, gate_histogram_figure
@@ -53,6 +53,10 @@ __all__ = [
     "fit_probe",
     "ProbeResult",
     "gradient_flow",
+    "GradientFlowRecorder",
+    "pathway_removal",
+    "tail_pattern",
+    "tail_patterns",
     "analysis_layers",
     "layer_positions",
     "plots",

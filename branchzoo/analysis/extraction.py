@@ -28,7 +28,6 @@ import numpy as np
 
 from branchzoo._validation import check_int
 from branchzoo.analysis.features import _BlockIntermediates, _first_input, feature_names
-from branchzoo.analysis.saturation import adaptive_average_pool
 from branchzoo.layers import MultiPathBlock
 
 OUTPUT = "<output>"
@@ -413,6 +412,33 @@ def as_arrays(data, max_examples=None, seed=0):
         raise ValueError("`data` yielded no batches.")
     count = min(seen, max_examples)
     return reservoir_x[:count], reservoir_y[:count]
+
+
+def adaptive_average_pool(maps, size=4):
+    """Adaptive average pooling of channels-last maps ``[n, H, W, C]`` to ``[n, size, size, C]``.
+
+    Output cell ``i`` averages input rows ``floor(i H / size)`` to
+    ``ceil((i + 1) H / size) - 1`` (PyTorch's ``adaptive_avg_pool2d``
+    windows), likewise for columns. Maps no larger than `size` on both sides
+    are returned unchanged.
+    """
+    maps = np.asarray(maps)
+    if maps.ndim != 4:
+        raise ValueError(f"`maps` must be [batch, height, width, channels]. Received: shape {maps.shape}")
+    size = check_int(size, "size", minimum=1)
+    h, w = maps.shape[1], maps.shape[2]
+    if h <= size and w <= size:
+        return maps
+    out_h, out_w = min(h, size), min(w, size)
+    if h % out_h == 0 and w % out_w == 0:
+        n, _, _, c = maps.shape
+        return maps.reshape(n, out_h, h // out_h, out_w, w // out_w, c).mean(axis=(2, 4))
+    rows = [(i * h // out_h, -(-(i + 1) * h // out_h)) for i in range(out_h)]
+    cols = [(j * w // out_w, -(-(j + 1) * w // out_w)) for j in range(out_w)]
+    return np.stack(
+        [np.stack([maps[:, r0:r1, c0:c1].mean(axis=(1, 2)) for c0, c1 in cols], axis=1) for r0, r1 in rows],
+        axis=1,
+    )
 
 
 def pool_features(value, pool_size=4):

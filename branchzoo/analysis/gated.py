@@ -143,9 +143,41 @@ def gate_histogram_figure(gate_values, names=None, bins=20):
     return fig
 
 
+def top_k_ties(gate_values, fan_in, tolerance=0.0):
+    """How many gate rows' top-K choice is decided by a tie (then broken by index order).
+
+    A row's top ``fan_in`` inputs are not determined by its gate values when
+    its K-th and (K+1)-th largest values are equal (within `tolerance`),
+    e.g. several gates clipped at exactly 1: inference then takes the lower
+    indices (`branchzoo.layers.gated.top_k_gates`).
+
+    Args:
+        gate_values: real gates ``[rows, num_inputs]``.
+        fan_in: K.
+        tolerance: values this close count as tied.
+
+    Returns:
+        The number of tied rows (0 when K equals the number of inputs).
+
+    Example:
+
+    >>> top_k_ties(np.array([[1.0, 1.0, 1.0, 0.2], [0.9, 0.8, 0.1, 0.0]]), 2)
+    1
+    """
+    values = np.sort(np.asarray(gate_values, "float64"), axis=-1)[..., ::-1]
+    if fan_in >= values.shape[-1]:
+        return 0
+    gap = values[..., fan_in - 1] - values[..., fan_in]
+    return int(np.count_nonzero(gap <= tolerance))
+
+
 @register_analysis("connectivity", "GatedConnect networks: Fig. 2 connectivity, gate histograms, train/test parameters")
 def connectivity_analysis(model, data=None):
     """Connectivity figure, gate histograms and Table 1's parameter columns of a gated model.
+
+    For learned gates the numbers also say how their values ended: mean and
+    spread, the shares clipped at 0 and at 1, and how many of the blocks'
+    top-K choices are ties broken by index order (`top_k_ties`).
 
     Raises ValueError for a model without GatedConnect layers.
     """
@@ -167,10 +199,14 @@ def connectivity_analysis(model, data=None):
     figures = {"connectivity": connectivity_figure(masks, title=f"{model.name}: connectivity")}
     if learned:
         flat = np.concatenate([v.ravel() for v in learned])
+        learned_gates = [g for g in ordered if g.connectivity == "learned"]
         numbers.update(
             gate_mean=float(flat.mean()),
+            gate_std=float(flat.std()),
             gates_at_0=float(np.mean(flat <= 0.0)),
             gates_at_1=float(np.mean(flat >= 1.0)),
+            top_k_choices=int(sum(v.shape[0] for v in learned)),
+            top_k_ties=int(sum(top_k_ties(v, g.fan_in) for g, v in zip(learned_gates, learned))),
         )
         figures["gate_histogram"] = gate_histogram_figure(
             learned, names=[g.name for g in ordered if g.connectivity == "learned"]

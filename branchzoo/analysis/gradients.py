@@ -1,15 +1,28 @@
 """Gradient flow: how large the gradient each layer receives is, by pathway.
 
-After 003_4bdb2e82324dbf00.txt, Sec. 4.1.1 and Fig. 6b: "the average over the
-absolute mean of all gradients" per layer, which the paper reads as a partial
-vanishing gradient in the longer, non-dominant pathway. Here: for every conv
-and Dense kernel, the mean absolute entry of dL/dW, averaged over batches.
+After 003_4bdb2e82324dbf00.txt, Sec. 4.1.1 and Fig. 6b: the paper
+accumulates the gradients during training and reports "the average over the
+absolute mean of all gradients" per layer, i.e. ``|mean(dL/dW)|`` of each
+conv and Dense kernel at every training step, averaged over the steps, and
+reads a partial vanishing gradient in the longer, non-dominant pathway from
+it (../shared/docs/SPEC-NOTES.md, section 3).
 
-The forward pass runs in training mode, as training sees it (BatchNormalization
-on batch statistics, dropout on), through ``model.stateless_call``: nothing in
-the model changes, BatchNormalization's moving statistics included.
+- `GradientFlowRecorder` is that quantity: attached to the optimizer of a
+  model in training, it adds each step's ``|mean(g)|`` per kernel (the loss
+  gradient, before weight decay or momentum) to float32 accumulators.
+  ``train.py --analysis gradients`` records it through the analysis
+  callback (see ``gradients_analysis.recorder``).
+- `gradient_flow` is the same statistic at fixed weights (a trained model
+  without its training history): ``|mean(g)|`` per batch, averaged over
+  batches. Its reports say which of the two they show.
 
-TensorFlow backend only (``tf.GradientTape``); other backends raise.
+The forward pass of `gradient_flow` runs in training mode, as training sees
+it (BatchNormalization on batch statistics, dropout on), through
+``model.stateless_call``: nothing in the model changes, BatchNormalization's
+moving statistics included.
+
+TensorFlow backend only (``tf.GradientTape``, ``tf.Variable``); other
+backends raise.
 """
 
 import weakref
@@ -17,7 +30,8 @@ import weakref
 import numpy as np
 
 from branchzoo._validation import check_int
-from branchzoo.analysis import extraction
+from branchzoo.analysis import extraction, plots
+from branchzoo.analysis.probes import pathway_means
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
 
 
@@ -58,7 +72,7 @@ _STEPS = weakref.WeakKeyDictionary()
 
 
 def _gradient_step(model, wanted, loss_fn, training):
-    """A compiled ``(values, non_trainable, x, y) -> [mean |dL/dW_k| for k in wanted]``.
+    """A compiled ``(values, non_trainable, x, y) -> [|mean(dL/dW_k)| for k in wanted]``.
 
     Cached per model, kernels, mode and loss object, so a callback running
     every epoch traces it once.
@@ -77,16 +91,37 @@ def _gradient_step(model, wanted, loss_fn, training):
             y_pred, _ = model.stateless_call(values, non_trainable, x, training=training)
             value = loss_fn(y, y_pred)
         grads = tape.gradient(value, [values[k] for k in wanted])
-        return [tf.reduce_mean(tf.abs(g)) if g is not None else tf.constant(float("nan")) for g in grads]
+        return [tf.abs(tf.reduce_mean(g)) if g is not None else tf.constant(float("nan")) for g in grads]
 
     _STEPS.setdefault(model, {})[key] = (loss_fn, step)
     return step
 
 
-def gradient_flow(model, data, layers=None, max_batches=8, batch_size=64, loss=None, training=True, seed=0):
-    """Mean absolute kernel gradient of every conv and Dense layer (Fig. 6b).
+def _check_backend(what):
+    import keras
 
-    After 003_4bdb2e82324dbf00.txt, Sec. 4.1.1.
+    if keras.config.backend() != "tensorflow":
+        raise ValueError(
+            f"{what} needs the TensorFlow backend. Received: KERAS_BACKEND={keras.config.backend()!r}"
+        )
+
+
+def _analysed_kernels(model, layers):
+    """The LayerInfos of every conv and Dense output with a trainable kernel, and the kernels."""
+    infos = extraction.select_layers(model, layers, kinds=("conv", "dense"), include_output_layer=True)
+    kernels = _kernels(model, infos)
+    infos = [i for i in infos if i.name in kernels]
+    if not infos:
+        raise ValueError(f"Model '{model.name}' has no trainable conv or Dense kernels to take gradients of.")
+    return infos, kernels
+
+
+def gradient_flow(model, data, layers=None, max_batches=8, batch_size=64, loss=None, training=True, seed=0):
+    """``|mean(dL/dW)|`` of every conv and Dense kernel at the model's current weights.
+
+    The statistic of 003_4bdb2e82324dbf00.txt, Sec. 4.1.1 (Fig. 6b) at one
+    point of training, averaged over batches; the paper's figure averages it
+    over the training steps instead (`GradientFlowRecorder`).
 
     Args:
         model: a functional `keras.Model` (any registered model).
@@ -105,7 +140,7 @@ def gradient_flow(model, data, layers=None, max_batches=8, batch_size=64, loss=N
         seed: for the subset.
 
     Returns:
-        ``(infos, {name: mean |dL/dW|})``.
+        ``(infos, {name: |mean(dL/dW)| averaged over batches})``.
 
     Example:
 
@@ -114,25 +149,15 @@ def gradient_flow(model, data, layers=None, max_batches=8, batch_size=64, loss=N
     >>> m = mpnet([[1, 3], [2, 3]], blocks_per_stage=1, widths=(4, 4, 4, 4), input_shape=(8, 8, 3))
     >>> x = np.random.default_rng(0).standard_normal((8, 8, 8, 3)).astype("float32")
     >>> infos, g = gradient_flow(m, (x, np.arange(8) % 10), max_batches=1, batch_size=8)
-    >>> all(v > 0 for v in g.values())
+    >>> all(v >= 0 for v in g.values())
     True
     """
-    import keras
-
-    if keras.config.backend() != "tensorflow":
-        raise ValueError(
-            "gradient_flow needs the TensorFlow backend (tf.GradientTape). "
-            f"Received: KERAS_BACKEND={keras.config.backend()!r}"
-        )
+    _check_backend("gradient_flow")
     import tensorflow as tf
 
     max_batches = check_int(max_batches, "max_batches", minimum=1)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
-    infos = extraction.select_layers(model, layers, kinds=("conv", "dense"), include_output_layer=True)
-    kernels = _kernels(model, infos)
-    infos = [i for i in infos if i.name in kernels]
-    if not infos:
-        raise ValueError(f"Model '{model.name}' has no trainable conv or Dense kernels to take gradients of.")
+    infos, kernels = _analysed_kernels(model, layers)
     trainable = model.trainable_variables
     index = {id(v): k for k, v in enumerate(trainable)}
     wanted = tuple(index[id(kernels[i.name])] for i in infos)
@@ -148,27 +173,127 @@ def gradient_flow(model, data, layers=None, max_batches=8, batch_size=64, loss=N
     return infos, {info.name: float(s / batches) for info, s in zip(infos, sums)}
 
 
-@register_analysis("gradients", "Mean absolute kernel gradient per layer and pathway (003, Fig. 6b)")
-def gradients_analysis(model, data, layers=None, max_batches=8, batch_size=64, **kwargs):
-    """Gradient flow per layer and pathway with its figure; reads ``data.train`` (else ``data.test``)."""
-    from branchzoo.analysis import plots
-    from branchzoo.analysis.probes import pathway_means
+class GradientFlowRecorder:
+    """Accumulates ``|mean(dL/dW)|`` of every conv and Dense kernel over training steps (Fig. 6b).
 
-    source = data.train if data.train is not None else data.test
-    if source is None:
-        raise ValueError("The 'gradients' analysis needs `data.train` (or `data.test`). Received: neither")
-    seed = kwargs.pop("seed", data.seed)
-    infos, values = gradient_flow(model, source, layers, max_batches, batch_size, seed=seed, **kwargs)
+    `attach` wraps the optimizer's ``apply`` (the inner optimizer under loss
+    scaling), so every step of ``model.fit`` adds, inside the compiled step,
+    each watched kernel's ``|mean(g)|`` of the loss gradient to a float32
+    accumulator. `result` is the average over the steps recorded. Under a
+    multi-replica strategy each replica adds the statistic of its own share
+    of the batch and the accumulators average the replicas.
+
+    Args:
+        model: a functional `keras.Model`.
+        layers: None (every conv and Dense layer, the classifier included)
+            or names / fnmatch patterns.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> from branchzoo.models import mpnet
+    >>> m = mpnet([[1, 3], [2, 3]], blocks_per_stage=1, widths=(4, 4, 4, 4), input_shape=(8, 8, 3))
+    >>> m.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> recorder = GradientFlowRecorder(m)
+    >>> recorder.attach(m.optimizer)
+    >>> x = np.random.default_rng(0).standard_normal((8, 8, 8, 3)).astype("float32")
+    >>> _ = m.fit(x, np.arange(8) % 10, batch_size=4, epochs=1, verbose=0)
+    >>> recorder.steps
+    2
+    """
+
+    def __init__(self, model, layers=None):
+        _check_backend("GradientFlowRecorder")
+        import tensorflow as tf
+
+        self.infos, kernels = _analysed_kernels(model, layers)
+        self._index = {kernels[info.name].path: k for k, info in enumerate(self.infos)}
+        with model.distribute_strategy.scope():
+            def variable(shape):
+                return tf.Variable(tf.zeros(shape), trainable=False,
+                                   aggregation=tf.VariableAggregation.MEAN)
+
+            self._sums = variable((len(self.infos),))
+            self._steps = variable(())
+        self._attached = None
+
+    def attach(self, optimizer):
+        """Records every step `optimizer` applies from now on (once per optimizer)."""
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        if inner is self._attached:
+            return
+        original = inner.apply
+
+        def apply(grads, trainable_variables=None):
+            variables = trainable_variables if trainable_variables is not None else inner._trainable_variables
+            self._record(grads, variables)
+            return original(grads, trainable_variables)
+
+        inner.apply = apply
+        self._attached = inner
+
+    def _record(self, grads, variables):
+        import tensorflow as tf
+
+        updates = [tf.zeros(())] * len(self.infos)
+        for g, v in zip(grads, variables):
+            k = self._index.get(v.path)
+            if k is not None and g is not None:
+                updates[k] = tf.abs(tf.reduce_mean(tf.cast(g, tf.float32)))
+        self._sums.assign_add(tf.stack(updates))
+        self._steps.assign_add(1.0)
+
+    @property
+    def steps(self):
+        """Training steps recorded."""
+        return int(round(float(self._steps.numpy())))
+
+    def result(self):
+        """``{name: |mean(dL/dW)| averaged over the recorded steps}`` (None before any step)."""
+        if not self.steps:
+            return None
+        sums = self._sums.numpy() / self.steps
+        return {info.name: float(v) for info, v in zip(self.infos, sums)}
+
+
+@register_analysis("gradients", "|mean(dL/dW)| per layer and pathway, accumulated over training (003, Fig. 6b)")
+def gradients_analysis(model, data, layers=None, max_batches=8, batch_size=64, recorded=None, **kwargs):
+    """Gradient flow per layer and pathway with its figure (Fig. 6b).
+
+    With `recorded` (a `GradientFlowRecorder` that watched training: the
+    analysis callback passes it, see ``gradients_analysis.recorder``), the
+    paper's quantity: ``|mean(g)|`` averaged over the training steps so far.
+    Without, or before any step, the same statistic at the current weights
+    (`gradient_flow`) over `max_batches` batches of ``data.train`` (else
+    ``data.test``); ``source`` in the numbers says which.
+    """
+    values = recorded.result() if recorded is not None else None
+    if values is not None:
+        infos = recorded.infos
+        source = f"accumulated over {recorded.steps} training steps"
+        split = "train"
+    else:
+        source_data = data.train if data.train is not None else data.test
+        if source_data is None:
+            raise ValueError("The 'gradients' analysis needs `data.train` (or `data.test`). Received: neither")
+        seed = kwargs.pop("seed", data.seed)
+        infos, values = gradient_flow(model, source_data, layers, max_batches, batch_size, seed=seed, **kwargs)
+        split = "train" if data.train is not None else "test"
+        source = f"current weights, {max_batches} {split} batches of {batch_size} (not accumulated over training)"
     numbers = {
-        **pathway_means(infos, values, "mean_abs_gradient"),
-        "split": "train" if data.train is not None else "test",
+        **pathway_means(infos, values, "abs_mean_gradient"),
+        "source": source,
+        "split": split,
         "layers": [i.name for i in infos],
         "pathway": {i.name: i.pathway for i in infos},
         "position": extraction.layer_positions(infos),
-        "mean_abs_gradient": values,
+        "abs_mean_gradient": values,
     }
-    figure = plots.plot_gradient_flow(values, infos, extraction.pathway_names(model))
+    figure = plots.plot_gradient_flow(values, infos, extraction.pathway_names(model), subtitle=source)
     return AnalysisResult(numbers=numbers, figures={"flow": figure})
 
 
 gradients_analysis.default_every = 1
+# What the analysis callback attaches to the model's optimizer at the start of training
+# and passes back as `recorded`.
+gradients_analysis.recorder = GradientFlowRecorder

@@ -72,7 +72,7 @@ def _layer_ticks(ax, infos, positions):
 
 
 def plot_layer_values(values, infos, ylabel, title=None, pathway_titles=None, ylim=None,
-                      hlines=None, log=False, figsize=(8, 4)):
+                      hlines=None, log=False, figsize=(8, 4), spans=None):
     """One curve per pathway of a per-layer value (generic form of Figs. 3, 5-8).
 
     Args:
@@ -86,6 +86,8 @@ def plot_layer_values(values, infos, ylabel, title=None, pathway_titles=None, yl
         hlines: ``{label: y}`` drawn as dashed horizontal lines.
         log: logarithmic y axis.
         figsize: inches.
+        spans: ``{label: (x0, x1)}`` shaded on the layer axis (tail patterns,
+            `branchzoo.analysis.tail.tail_spans`).
 
     Returns:
         A `matplotlib.figure.Figure`.
@@ -93,6 +95,8 @@ def plot_layer_values(values, infos, ylabel, title=None, pathway_titles=None, yl
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot(1, 1, 1)
     positions = _draw_curves(ax, values, infos, pathway_titles)
+    for k, (label, (x0, x1)) in enumerate((spans or {}).items()):
+        ax.axvspan(x0, x1, color=_COLORS[(k + 3) % len(_COLORS)], alpha=0.12, label=label)
     for k, (label, y) in enumerate((hlines or {}).items()):
         if y is not None:
             ax.axhline(y, linestyle="--", linewidth=0.8, color=("gray", "black")[k % 2], label=label)
@@ -110,7 +114,7 @@ def plot_layer_values(values, infos, ylabel, title=None, pathway_titles=None, yl
     return fig
 
 
-def plot_probes(result, saturation=None, title=None):
+def plot_probes(result, saturation=None, title=None, spans=None):
     """Probe accuracy per layer, one curve per pathway (Figs. 3, 5, 7).
 
     Args:
@@ -118,6 +122,7 @@ def plot_probes(result, saturation=None, title=None):
         saturation: optional ``{name: saturation}`` drawn as bars on the
             same [0, 1] axis (Fig. 3 shows both).
         title: default: the model's test accuracy and the probe set sizes.
+        spans: tail patterns to shade (see `plot_layer_values`).
 
     Returns:
         A `matplotlib.figure.Figure`.
@@ -125,11 +130,12 @@ def plot_probes(result, saturation=None, title=None):
     acc = result.model_test_accuracy
     if title is None:
         title = (f"probe accuracy (train {result.num_train}, test {result.num_test} examples)"
-                 + (f"; model test acc. {100 * acc:.2f}%" if acc is not None else ""))
+                 + (f"; model test acc. {100 * acc:.2f}%" if acc is not None else "")
+                 + (f"; {result.not_converged} probes not converged" if result.not_converged else ""))
     fig = plot_layer_values(
         result.accuracy, result.layers, "probe accuracy (test)", title=title,
         pathway_titles=result.pathway_titles, ylim=(0, 1.02),
-        hlines={"chance": result.chance, "model (test acc.)": acc},
+        hlines={"chance": result.chance, "model (test acc.)": acc}, spans=spans,
     )
     if saturation:
         ax = fig.axes[0]
@@ -145,10 +151,10 @@ def plot_probes(result, saturation=None, title=None):
     return fig
 
 
-def plot_saturation(values, infos, pathway_titles=None, title=None):
-    """Saturation per layer, one curve per pathway (delve; Fig. 3)."""
+def plot_saturation(values, infos, pathway_titles=None, title=None, spans=None):
+    """Saturation per layer, one curve per pathway (delve; Fig. 3), tails shaded (`spans`)."""
     return plot_layer_values(values, infos, "saturation", title=title or "saturation (delve)",
-                             pathway_titles=pathway_titles, ylim=(0, 1.02))
+                             pathway_titles=pathway_titles, ylim=(0, 1.02), spans=spans)
 
 
 def plot_cka_with_output(values, infos, pathway_titles=None, probe_accuracy=None, title=None):
@@ -205,8 +211,9 @@ def plot_cka_heatmap(matrix, row_labels, col_labels, row_title="pathway 1", col_
     return fig
 
 
-def plot_gradient_flow(values, infos, pathway_titles=None, title=None):
-    """Mean absolute gradient of each layer's kernel, per pathway, log scale (Fig. 6b)."""
+def plot_gradient_flow(values, infos, pathway_titles=None, title=None, subtitle=None):
+    """``|mean(dL/dW)|`` of each layer's kernel, per pathway, log scale (Fig. 6b)."""
     positive = {k: v for k, v in values.items() if v is not None and v > 0}
-    return plot_layer_values(positive, infos, "mean |dL/dW|", pathway_titles=pathway_titles,
-                             title=title or "gradient flow: mean absolute kernel gradient", log=True)
+    title = title or "gradient flow: |mean(dL/dW)| per layer" + (f"\n{subtitle}" if subtitle else "")
+    return plot_layer_values(positive, infos, "|mean dL/dW|", pathway_titles=pathway_titles,
+                             title=title, log=True)

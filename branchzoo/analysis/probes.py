@@ -12,7 +12,10 @@ Choices the paper leaves open (documented, not copied from its code):
 - features are standardised with the training set's mean and standard
   deviation before the fit (the reference code fits raw features with SAGA,
   which converges far slower); L2 strength ``C=1`` (scikit-learn's default,
-  as the reference code), L-BFGS with at most `max_iter` iterations;
+  as the reference code), L-BFGS fitted to convergence (scikit-learn's
+  tolerance, at most `max_iter` = 5000 iterations); a probe that stops at
+  the limit is counted in ``not_converged`` and named in the figure's title,
+  since its accuracy is that of an unfinished fit;
 - maps no larger than 4x4 are used as they are (not upsampled to 4x4);
 - examples are a uniform seeded subset (`max_train_examples`,
   `max_test_examples`): a CIFAR-sized report then takes minutes on a CPU.
@@ -26,7 +29,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from branchzoo._validation import check_int
-from branchzoo.analysis import extraction
+from branchzoo.analysis import extraction, plots, tail
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
 
 @dataclasses.dataclass
@@ -97,7 +100,10 @@ def pathway_means(infos, values, prefix):
     return {f"{prefix}/{p}": float(np.mean(v)) for p, v in sorted(groups.items())}
 
 
-def fit_probe(train_x, train_y, test_x, test_y, C=1.0, max_iter=100, standardize=True, threads=1):
+MAX_ITER = 5000
+
+
+def fit_probe(train_x, train_y, test_x, test_y, C=1.0, max_iter=MAX_ITER, standardize=True, threads=1):
     """One multinomial L2 logistic-regression probe.
 
     Args:
@@ -140,7 +146,7 @@ def _fit_probe(train_x, train_y, test_x, test_y, C, max_iter, standardize):
 
 
 def fit_probes(model, train_data, test_data, layers=None, max_train_examples=5000,
-               max_test_examples=2000, pool_size=4, C=1.0, max_iter=100, standardize=True,
+               max_test_examples=2000, pool_size=4, C=1.0, max_iter=MAX_ITER, standardize=True,
                batch_size=128, num_classes=None, shuffle_labels=False, seed=0,
                max_feature_bytes=1 << 30, threads=1):
     """Fits a logistic-regression probe on every analysed output of `model`.
@@ -242,15 +248,18 @@ def probes_analysis(model, data, layers=None, max_train_examples=5000, max_test_
 
     Reads ``data.train`` and ``data.test``; keyword arguments go to `fit_probes`.
     """
-    from branchzoo.analysis import plots
-
     kwargs.setdefault("num_classes", data.num_classes)
     kwargs.setdefault("seed", data.seed)
     result = fit_probes(
         model, _require(data, "train", "probes"), _require(data, "test", "probes"),
         layers=layers, max_train_examples=max_train_examples, max_test_examples=max_test_examples, **kwargs,
     )
-    return AnalysisResult(numbers=result.to_numbers(), figures={"accuracy": plots.plot_probes(result)})
+    numbers = result.to_numbers()
+    tails = tail.tail_patterns(result.layers, accuracy=result.accuracy)
+    numbers["tail"] = tails
+    numbers["tail_length"] = max(t["length"] for t in tails.values())
+    figure = plots.plot_probes(result, spans=tail.tail_spans(tails, result.layers))
+    return AnalysisResult(numbers=numbers, figures={"accuracy": figure})
 
 
 probes_analysis.default_every = 10

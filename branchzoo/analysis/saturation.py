@@ -2,64 +2,49 @@
 
 After Richter et al. (2020), "Feature space saturation during training" (the
 delve library), used by 003_4bdb2e82324dbf00.txt, Sec. 2.2 and Fig. 3, with
-delve's rule as ../shared/docs/SPEC-NOTES.md (section 3) states it:
+delve's rule (delve-team/delve, ``delve/metrics.py``,
+``compute_intrinsic_dimensionality``; ../shared/docs/SPEC-NOTES.md, section 3):
 
-- conv outputs ``[batch, H, W, C]`` larger than 4x4 are first average-pooled
-  to 4x4 (adaptive pooling); every position is then one sample of C
-  channels (samples = batch * H * W);
+- conv outputs ``[batch, H, W, C]``: every spatial position of every image
+  is one sample of C channels (samples = batch * H * W), with no pooling
+  first (delve's default "channelwise" mode; the 4x4 pooling belongs to
+  the probes);
 - the channel covariance ``E[x x^T] - mu mu^T`` is accumulated in float64 as
   sums (``sum x^T x``, ``sum x``, ``n``) over batches;
 - its eigenvalues, sorted descending and clamped at 0, give cumulative
-  ratios ``p_k = (l_1 + ... + l_k) / sum l``; the intrinsic dimension is
-  the number of ``p_k < 0.99`` (at least 1), and saturation = intrinsic
-  dimension / C. (That is one less than "components needed for 99%";
-  delve's rule is kept so numbers compare with the paper.)
+  ratios ``p_k = (l_1 + ... + l_k) / sum l``; the components with
+  ``p_k < 0.99`` are kept, at least one; when ``0.99`` minus the last kept
+  ratio exceeds 0.02, one more is counted. That count is the intrinsic
+  dimension, and saturation = intrinsic dimension / C.
 
     >>> import numpy as np
     >>> x = np.random.default_rng(0).standard_normal((500, 4)) * [3.0, 1.0, 0.0, 0.0]
     >>> saturation(x)
-    0.25
+    0.5
 """
 
 import numpy as np
 
-from branchzoo._validation import check_int
+from branchzoo.analysis import extraction, plots, tail
+from branchzoo.analysis.probes import pathway_means
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
 
 
-def adaptive_average_pool(maps, size=4):
-    """Adaptive average pooling of channels-last maps ``[n, H, W, C]`` to ``[n, size, size, C]``.
-
-    Output cell ``i`` averages input rows ``floor(i H / size)`` to
-    ``ceil((i + 1) H / size) - 1`` (PyTorch's ``adaptive_avg_pool2d``
-    windows), likewise for columns. Maps no larger than `size` on both sides
-    are returned unchanged.
-    """
-    maps = np.asarray(maps)
-    if maps.ndim != 4:
-        raise ValueError(f"`maps` must be [batch, height, width, channels]. Received: shape {maps.shape}")
-    size = check_int(size, "size", minimum=1)
-    h, w = maps.shape[1], maps.shape[2]
-    if h <= size and w <= size:
-        return maps
-    out_h, out_w = min(h, size), min(w, size)
-    if h % out_h == 0 and w % out_w == 0:
-        n, _, _, c = maps.shape
-        return maps.reshape(n, out_h, h // out_h, out_w, w // out_w, c).mean(axis=(2, 4))
-    rows = [(i * h // out_h, -(-(i + 1) * h // out_h)) for i in range(out_h)]
-    cols = [(j * w // out_w, -(-(j + 1) * w // out_w)) for j in range(out_w)]
-    return np.stack(
-        [np.stack([maps[:, r0:r1, c0:c1].mean(axis=(1, 2)) for c0, c1 in cols], axis=1) for r0, r1 in rows],
-        axis=1,
-    )
-
-
-def intrinsic_dimension(covariance, threshold=0.99):
+def intrinsic_dimension(covariance, threshold=0.99, margin=0.02):
     """delve's intrinsic dimension of a covariance matrix [C, C].
 
-    The count of cumulative eigenvalue ratios below `threshold` (eigenvalues
-    sorted descending, negatives clamped to 0), at least 1. A zero matrix
-    (a constant layer) has intrinsic dimension 1.
+    Eigenvalues sorted descending (negatives clamped to 0) give the
+    cumulative ratios ``p_k``; the components with ``p_k < threshold`` are
+    kept (at least one); if ``threshold - p_last > margin`` for the last
+    kept one, one more is counted. A zero matrix (a constant layer) has
+    intrinsic dimension 1.
+
+    Examples (../shared/docs/SPEC-NOTES.md, section 3):
+
+    >>> intrinsic_dimension(np.diag([9.0, 1.0, 0.0, 0.0]))   # p = 0.9, 1, 1, 1: one kept, +1
+    2
+    >>> intrinsic_dimension(np.eye(10))                       # p = 0.1 .. 0.9 kept, +1
+    10
     """
     covariance = np.asarray(covariance, dtype=np.float64)
     if not 0 < threshold <= 1:
@@ -69,15 +54,18 @@ def intrinsic_dimension(covariance, threshold=0.99):
     if not total > 0:
         return 1
     ratios = np.cumsum(eigenvalues) / total
-    return max(int(np.count_nonzero(ratios < threshold)), 1)
+    kept = int(np.count_nonzero(ratios < threshold))
+    if kept == 0:
+        return 1
+    if threshold - ratios[kept - 1] > margin:
+        kept += 1
+    return min(kept, len(eigenvalues))
 
 
 class SaturationAccumulator:
     """Streams batches of one layer's outputs into delve's saturation.
 
     Args:
-        pool_size: maps larger than this (on either side) are average-pooled
-            to it first (delve and the paper: 4).
         threshold: explained-variance threshold (0.99).
 
     Example:
@@ -87,12 +75,11 @@ class SaturationAccumulator:
     >>> rng = np.random.default_rng(0)
     >>> for _ in range(3):
     ...     acc.update(rng.standard_normal((8, 16, 16, 5)))
-    >>> acc.samples, acc.channels
-    (384, 5)
+    >>> acc.samples, acc.channels           # every position of every map is a sample
+    (6144, 5)
     """
 
-    def __init__(self, pool_size=4, threshold=0.99):
-        self.pool_size = check_int(pool_size, "pool_size", minimum=1)
+    def __init__(self, threshold=0.99):
         if not 0 < threshold <= 1:
             raise ValueError(f"`threshold` must be in (0, 1]. Received: threshold={threshold!r}")
         self.threshold = float(threshold)
@@ -102,10 +89,9 @@ class SaturationAccumulator:
         self._sum_of_products = None
 
     def update(self, features):
-        """Adds a batch: ``[batch, H, W, C]`` maps or ``[batch, C]`` vectors."""
+        """Adds a batch: ``[batch, H, W, C]`` maps (each position a sample) or ``[batch, C]`` vectors."""
         features = np.asarray(features)
         if features.ndim == 4:
-            features = adaptive_average_pool(features, self.pool_size)
             features = features.reshape(-1, features.shape[-1])
         elif features.ndim != 2:
             raise ValueError(
@@ -140,16 +126,15 @@ class SaturationAccumulator:
         return self.intrinsic_dimension() / self.channels
 
 
-def saturation(features, pool_size=4, threshold=0.99):
+def saturation(features, threshold=0.99):
     """delve's saturation of one layer's outputs, in one shot.
 
     After Richter et al. (2020), used in 003_4bdb2e82324dbf00.txt, Sec. 2.2
     (Fig. 3); the rule of ../shared/docs/SPEC-NOTES.md, section 3.
 
     Args:
-        features: ``[n, H, W, C]`` maps (pooled to `pool_size` when larger)
-            or ``[n, C]`` vectors.
-        pool_size: see `SaturationAccumulator`.
+        features: ``[n, H, W, C]`` maps (every position a sample) or
+            ``[n, C]`` vectors.
         threshold: explained-variance threshold (0.99).
 
     Returns:
@@ -159,27 +144,27 @@ def saturation(features, pool_size=4, threshold=0.99):
 
     >>> import numpy as np
     >>> saturation(np.random.default_rng(0).standard_normal((100, 10)))
-    0.9
+    1.0
     """
-    acc = SaturationAccumulator(pool_size=pool_size, threshold=threshold)
+    acc = SaturationAccumulator(threshold=threshold)
     acc.update(features)
     return acc.result()
 
 
-def layer_saturation(model, data, layers=None, max_examples=None, pool_size=4, threshold=0.99,
-                     batch_size=128):
+def layer_saturation(model, data, layers=None, max_examples=None, threshold=0.99, batch_size=128):
     """Saturation of every analysed output of `model`, streamed over `data`.
 
     After 003_4bdb2e82324dbf00.txt, Sec. 3 (Fig. 3): every conv output and
     pathway sum (see `branchzoo.analysis.extraction.analysis_layers`), in
-    inference mode, each layer's covariance accumulated batch by batch.
+    inference mode, each layer's covariance accumulated batch by batch over
+    every spatial position (no pooling).
 
     Args:
         model: a functional `keras.Model`.
         data: ``(x, y)`` arrays or an iterable of ``(x, y)`` batches.
         layers: None (all) or names / fnmatch patterns.
         max_examples: use the first this many examples (None: all).
-        pool_size, threshold: as in `saturation`.
+        threshold: as in `saturation`.
         batch_size: for arrays.
 
     Returns:
@@ -197,14 +182,12 @@ def layer_saturation(model, data, layers=None, max_examples=None, pool_size=4, t
     >>> sorted(out["channels"].values())
     [4, 4, 4, 4]
     """
-    from branchzoo.analysis import extraction
-
     infos = extraction.select_layers(model, layers)
     names = [info.name for info in infos]
-    accumulators = {n: SaturationAccumulator(pool_size, threshold) for n in names}
+    accumulators = {n: SaturationAccumulator(threshold) for n in names}
     seen = 0
     for features, y, _ in extraction.iterate_features(
-        model, data, names, batch_size=batch_size, pool_size=pool_size,
+        model, data, names, batch_size=batch_size, pool_size=None,
         max_examples=max_examples, include_output=False,
     ):
         for n in names:
@@ -227,9 +210,6 @@ def saturation_analysis(model, data, layers=None, max_examples=None, split="test
 
     Keyword arguments go to `layer_saturation`.
     """
-    from branchzoo.analysis import extraction, plots
-    from branchzoo.analysis.probes import pathway_means
-
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
     source = getattr(data, split)
@@ -249,8 +229,12 @@ def saturation_analysis(model, data, layers=None, max_examples=None, split="test
         "intrinsic_dimension": out["intrinsic_dimension"],
         "channels": out["channels"],
     }
+    tails = tail.tail_patterns(infos, saturation=values)
+    numbers["tail"] = tails
+    numbers["tail_length"] = max(t["length"] for t in tails.values())
     figure = plots.plot_saturation(values, infos, extraction.pathway_names(model),
-                                   title=f"saturation (delve), {out['samples']} {split} examples")
+                                   title=f"saturation (delve), {out['samples']} {split} examples",
+                                   spans=tail.tail_spans(tails, infos))
     return AnalysisResult(numbers=numbers, figures={"layers": figure})
 
 
