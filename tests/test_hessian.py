@@ -1,11 +1,13 @@
-"""Hessian of a branched model split by branch (000, Sec. 5), against float64 NumPy by hand."""
+"""Gradient and Hessian of a branched model split by branch (000, Secs. 5 and 8), against float64 NumPy by hand."""
 
 import keras
 import numpy as np
 import pytest
 
-from branchzoo.analysis.hessian import (block_shares, branch_parameter_index, hessian_figure,
-                                        interbranch_share_during_training, loss_hessian, share_figure)
+from branchzoo.analysis.hessian import (block_shares, branch_parameter_index, gradient_split, hessian_figure,
+                                        interbranch_share_during_training, loss_hessian, share_figure,
+                                        silent_fraction)
+from branchzoo.analysis.specialization import branch_output_model
 from branchzoo.models import branched_mlp
 
 RNG = np.random.default_rng(0)
@@ -14,7 +16,7 @@ N, D, H = 3, 2, 2  # branches, inputs, hidden units per branch
 
 def _model():
     keras.utils.set_random_seed(3)
-    return branched_mlp(N, hidden_units=(H,), num_classes=1, input_shape=(D,), dtype="float64")
+    return branched_mlp(N, hidden_units=(H,), num_classes=1, input_shape=(D,), activation="relu", dtype="float64")
 
 
 def _unpack(theta):
@@ -29,7 +31,7 @@ def _branch_outputs(theta, x):
     w1, b1, w2, b2 = _unpack(theta)
     out = []
     for i in range(N):
-        hidden = np.tanh(x @ w1[:, i * H:(i + 1) * H] + b1[i * H:(i + 1) * H])
+        hidden = np.maximum(x @ w1[:, i * H:(i + 1) * H] + b1[i * H:(i + 1) * H], 0.0)
         out.append((hidden @ w2[i] + b2[i])[:, 0])
     return np.stack(out, axis=1)
 
@@ -101,6 +103,89 @@ def test_inter_branch_blocks_are_products_of_branch_jacobians():
     assert np.abs(hess[np.ix_(index == 0, index == 0)] - within).max() > 1e-3
 
 
+def _half_square(y_true, y_pred):
+    """0.5 * mean (y - t)^2: its per-example derivative in y is (y - t)."""
+    return 0.5 * keras.ops.mean(keras.ops.square(y_pred - y_true))
+
+
+def _scalar_relu_branches():
+    """Three scalar branches f_i(x) = relu(w_i x + b_i), summed (Sec. 4.1's toy branches with ReLU)."""
+    model = branched_mlp(3, hidden_units=(), num_classes=1, input_shape=(1,), output_activation="relu",
+                         dtype="float64")
+    w, b = np.array([1.0, -2.0, 0.5]), np.array([0.5, 1.0, -1.0])
+    model.set_weights([w.reshape(3, 1, 1), b.reshape(3, 1)])
+    return model, w, b
+
+
+X_TOY = np.array([[-1.0], [0.25], [1.0], [3.0]])
+T_TOY = np.array([[0.0], [1.0], [2.0], [-1.0]])
+
+
+def test_gradient_split_by_hand_for_scalar_relu_branches():
+    """Eqs. 5-6 / 10-11: dl_k/dw_i = x_k 1[w_i x_k + b_i > 0] (y_k - t_k), dl_k/db_i = 1[...] (y_k - t_k)."""
+    model, w, b = _scalar_relu_branches()
+    x, t = X_TOY[:, 0], T_TOY[:, 0]
+    on = (w[None, :] * x[:, None] + b[None, :] > 0).astype(np.float64)  # [n, N]
+    y = np.sum(np.maximum(w[None, :] * x[:, None] + b[None, :], 0.0), axis=1)
+    collaborative = y - t  # dl_k/dy for l_k = 0.5 (y_k - t_k)^2
+    split = gradient_split(model, X_TOY, T_TOY, loss=_half_square)
+    np.testing.assert_allclose(split["collaborative"][:, 0], collaborative, rtol=1e-12)
+    assert collaborative.tolist() == [3.0, 0.25, -0.5, 5.0]  # y = (3, 1.25, 1.5, 4) by hand
+    for i in range(3):
+        assert split["parameters"][i].tolist() == [i, 3 + i]  # kernel [3, 1, 1] then bias [3, 1]
+        jacobian = np.stack([x * on[:, i], on[:, i]], axis=1)  # [n, (w_i, b_i)]
+        np.testing.assert_allclose(split["distributive"][i][:, 0, :], jacobian, rtol=1e-12)
+        expected = collaborative[:, None] * jacobian
+        np.testing.assert_allclose(split["per_example_gradient"][i], expected, rtol=1e-12)
+        np.testing.assert_allclose(split["gradient"][i], expected.mean(axis=0), rtol=1e-12, atol=1e-15)
+    assert split["max_error"] < 1e-14 and split["cross_jacobian"] == 0 and split["collaborative_spread"] == 0
+    assert split["loss"] == pytest.approx(0.5 * np.mean((y - t) ** 2), rel=1e-12)
+    assert silent_fraction(split) == pytest.approx(1 - on.mean())
+    assert on.sum(axis=0).tolist() == [3, 2, 1]  # branch 2 is on for x = 3 only
+
+
+def test_gradient_split_against_per_example_autodiff_with_a_clamp():
+    """Each per-example product is the gradient of that example's loss; the clamp is in the collaborative factor."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(5)
+    model = branched_mlp(2, hidden_units=(3,), num_classes=4, input_shape=(2,), logit_clamp=0.4, dtype="float64")
+    x = RNG.standard_normal((5, 2))
+    t = RNG.standard_normal((5, 4))
+    split = gradient_split(model, x, t)
+    index = branch_parameter_index(model)
+    assert split["max_error"] < 1e-12 and split["cross_jacobian"] == 0
+    for k in range(5):
+        with tf.GradientTape() as tape:
+            y = model(x[k:k + 1])
+            value = tf.reduce_mean(tf.square(y - t[k:k + 1]))  # l_k of the mean squared error
+        grads = tape.gradient(value, model.trainable_variables)
+        flat = np.concatenate([np.asarray(g).reshape(-1) for g in grads])
+        for i in range(2):
+            np.testing.assert_allclose(split["per_example_gradient"][i][k], flat[index == i], atol=1e-12)
+    # the factor is taken at the sum: zero where the clamp is active, 2 (y - t) / K elsewhere
+    _, branches = branch_output_model(model)(x)
+    summed = np.asarray(branches, np.float64).sum(axis=1)
+    clipped = np.abs(summed) > 0.4
+    assert clipped.any() and not clipped.all()
+    expected = np.where(clipped, 0.0, 2 * (np.clip(summed, -0.4, 0.4) - t) / 4)
+    np.testing.assert_allclose(split["collaborative"], expected, atol=1e-12)
+
+
+def test_interbranch_hessian_blocks_of_scalar_relu_branches_by_hand():
+    """Eq. 14 with relu'' = 0: H = (1/n) sum_k J_k^T J_k; a pair of branches never on together has a zero block."""
+    model, w, b = _scalar_relu_branches()
+    x = X_TOY[:, 0]
+    on = (w[None, :] * x[:, None] + b[None, :] > 0).astype(np.float64)
+    jac = np.concatenate([x[:, None] * on, on], axis=1)  # [n, (w_0, w_1, w_2, b_0, b_1, b_2)]
+    expected = jac.T @ jac / len(x)
+    hessian = loss_hessian(model, X_TOY, T_TOY, loss=_half_square)["hessian"]
+    np.testing.assert_allclose(hessian, expected, atol=1e-12)
+    # branch 1 is on for x = -1, 0.25 and branch 2 for x = 3 only: their block is zero
+    assert np.all(hessian[np.ix_([1, 4], [2, 5])] == 0)
+    assert np.abs(hessian[np.ix_([0, 3], [1, 4])]).max() > 0.1
+
+
 def test_linear_branches_share_one_minus_one_over_n():
     """Linear branches have identical Jacobians: every block is equal, the inter share is 1 - 1/N."""
     for n in (2, 3, 5):
@@ -130,6 +215,7 @@ def test_share_during_training_and_figures():
     history = interbranch_share_during_training(model, x, y, steps=30, lr=0.1, every=10)
     assert history["step"] == [0, 10, 20, 30]
     assert history["loss"][-1] < history["loss"][0]
+    assert history["silent"] == [0.0] * 4  # a linear head's bias: never a zero Jacobian
     for inter, intra in zip(history["inter"], history["intra"]):
         assert 0 < inter < 1 and inter + intra == pytest.approx(1.0)
     index = branch_parameter_index(model)
@@ -152,7 +238,12 @@ def test_experiment_script_writes_figure_and_table(tmp_path):
     spec = importlib.util.spec_from_file_location("branch_hessian", f"{REPO}/experiments/branch_hessian.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    script.main(["--branches", "2", "--hidden", "2", "--steps", "4", "--every", "2", "--output", str(tmp_path)])
+    script.main(["--branches", "2", "--hidden", "2", "--steps", "4", "--every", "2", "--seeds", "0,1",
+                 "--output", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["branch_hessian.md", "branch_hessian.png"]
     table = (tmp_path / "branch_hessian.md").read_text()
-    assert "| 0 |" in table and "| 4 |" in table
+    assert "| 0 |" in table and "| 4 |" in table and "activation='relu'" in table
+    finals = [line for line in table.splitlines() if line.startswith(("| none |", "| relu |"))]
+    assert [line.split(" | ")[:2] for line in finals] == [["| none", "0"], ["| none", "1"], ["| relu", "0"],
+                                                          ["| relu", "1"]]
+    assert "## Output activation none, seed 0" in table and "## Output activation relu, seed 0" in table

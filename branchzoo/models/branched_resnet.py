@@ -204,7 +204,8 @@ def branched_mlp(
     hidden_units=(16,),
     num_classes=10,
     input_shape=(8, 8, 1),
-    activation="tanh",
+    activation="relu",
+    output_activation=None,
     logit_clamp=None,
     return_branches=False,
     kernel_initializer="glorot_uniform",
@@ -217,7 +218,9 @@ def branched_mlp(
     Hessian of a branched model). The input is flattened; the first hidden
     layer of all branches is one ``Dense(N * units)`` (the branches share
     only their input), the later ones and the heads are `BatchedDense`.
-    With ``hidden_units=()`` every branch is linear.
+    With ``hidden_units=()`` every branch is ``output_activation(w_i . x +
+    b_i)`` (linear by default; ``output_activation="relu"`` gives the scalar
+    ReLU branches of Sec. 4.1's toy problems, which use LeakyReLU there).
 
     Layer names: ``flatten``, ``hidden1`` (Dense), ``branch_hidden1``
     (``[batch, N, units]``), ``hidden{l}`` (BatchedDense, l >= 2),
@@ -228,8 +231,12 @@ def branched_mlp(
         hidden_units: widths of each branch's hidden layers.
         num_classes: outputs per branch (1 for scalar regression).
         input_shape: shape of one input example.
-        activation: hidden activation (``"tanh"`` keeps second derivatives
-            non-zero, which a Hessian study wants).
+        activation: hidden activation (default ``"relu"``, as the paper's
+            branches; a ReLU unit that is off on an example has a zero
+            Jacobian there, which Sec. 8's block-diagonal Hessian needs).
+        output_activation: activation of each branch's output, before the
+            sum (default None: linear logits, as the classifier's heads;
+            ``"relu"`` lets a whole branch be silent on an example).
         logit_clamp: clamp of the sum (`BranchSum`).
         return_branches: also return the per-branch outputs.
         kernel_initializer: Dense initializer (per branch for `BatchedDense`).
@@ -265,8 +272,8 @@ def branched_mlp(
                              kernel_initializer=kernel_initializer, name=f"hidden{l}", dtype=dtype)(x)
     else:  # linear branches: every branch reads the whole input
         x = layers.RepeatVector(n, name="branch_inputs", dtype=dtype)(x)
-    x = BatchedDense(num_classes, num_modules=n, kernel_initializer=kernel_initializer,
-                     name=BRANCH_LOGITS, dtype=dtype)(x)
+    x = BatchedDense(num_classes, num_modules=n, activation=output_activation,
+                     kernel_initializer=kernel_initializer, name=BRANCH_LOGITS, dtype=dtype)(x)
     outputs = BranchSum(n, logit_clamp=logit_clamp, return_branches=return_branches,
                         name=BRANCH_SUM, dtype=dtype)(x)
     return keras.Model(inputs, outputs, name=name or f"branched_mlp_{n}")
