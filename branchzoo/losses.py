@@ -1,4 +1,4 @@
-"""The modular loss of jointly trained ensembles, and the metrics that go with it.
+"""The modular loss of jointly trained ensembles and its metrics; the BranchSum classifier's loss.
 
 After 004_226906bbadadb648.txt (Webb et al., "Joint Training of Neural
 Network Ensembles"), Sec. 2-3, and ../shared/docs/SPEC-NOTES.md, section 2.
@@ -27,6 +27,11 @@ target only are dropped: they change neither the gradient nor Eq. 4-6):
 - ``"poisson"``: ``y_true`` counts ``[batch, K]``; ``sum_k exp(eta_k) - y_k
   eta_k`` (PyTorch's ``PoissonNLLLoss(full=False)``).
 
+`ClampedTargetCrossentropy` is the loss of the BranchSum CIFAR-10
+classifier of 000_a8fb4f73aa903839.txt, Sec. 6: cross-entropy against a
+target that is not one-hot but the softmax of class-indicating values inside
+the logits' clamp range (see its docstring).
+
 Everything here is ``keras.ops`` only.
 
     >>> import numpy as np
@@ -40,6 +45,8 @@ import numbers
 
 import keras
 from keras import ops
+
+from branchzoo.layers.branch_sum import normalize_clamp
 
 PAPER = "004_226906bbadadb648.txt"
 FAMILIES = ("categorical", "gaussian", "poisson")
@@ -248,6 +255,87 @@ class ModularLoss(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config.update({"lambda_": self.lambda_, "family": self.family})
+        return config
+
+
+def clamped_target(y_true, num_classes, logit_clamp, dtype="float32"):
+    """The target of `ClampedTargetCrossentropy`: ``softmax(low + (high - low) * one_hot)``, ``[batch, K]``.
+
+    Args:
+        y_true: integer labels ``[batch]`` (or ``[batch, 1]``).
+        num_classes: K.
+        logit_clamp: ``c`` (the range ``[-c, c]``) or ``(low, high)``.
+        dtype: of the result.
+    """
+    low, high = normalize_clamp(logit_clamp)
+    one_hot = ops.one_hot(_labels(y_true), num_classes, dtype=dtype)
+    return ops.softmax(low + (high - low) * one_hot, axis=-1)
+
+
+def clamped_target_crossentropy(y_true, y_pred, logit_clamp):
+    """Per-example cross-entropy of the logits `y_pred` ``[batch, K]`` against `clamped_target`, ``[batch]``."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    if len(y_pred.shape) != 2:
+        raise ValueError(
+            "`ClampedTargetCrossentropy` expects logits `y_pred` of shape [batch, num_classes]. "
+            f"Received: y_pred.shape={tuple(y_pred.shape)}"
+        )
+    target = clamped_target(y_true, y_pred.shape[-1], logit_clamp, dtype=y_pred.dtype)
+    return -ops.sum(target * ops.log_softmax(y_pred, axis=-1), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="branchzoo")
+class ClampedTargetCrossentropy(keras.losses.Loss):
+    """Cross-entropy against the softmax of class-indicating values in the clamp range (000, Sec. 6).
+
+    After 000_a8fb4f73aa903839.txt, Sec. 6: the summed logits ``y = sum_i
+    f_i(x)`` are clamped, and so the target of the cross-entropy "is not a
+    one-hot vector, but a softmax on the class-indicating values". The
+    class-indicating values used here are the clamp's bounds: ``high`` at
+    the labelled class, ``low`` at every other class (the paper's symbols
+    and range were lost in the extracted text; this is our reading). The
+    target ``softmax(low + (high - low) * one_hot(label))`` is then the most
+    confident distribution the clamped model can output, so a perfect fit
+    (``dL/dy = softmax(y) - target = 0``, Eq. 3 and Sec. 8) is reachable,
+    which a one-hot target never is. With ``logit_clamp=5`` and 10 classes
+    the labelled class gets ``1 / (1 + 9 e^-10) = 0.99959``.
+
+    The loss's minimum is the target's entropy, not 0. Use it with
+    ``y_pred`` the model's clamped logits and the same ``logit_clamp`` as
+    the model's `BranchSum`.
+
+    Args:
+        logit_clamp: ``c > 0`` (the range ``[-c, c]``) or ``(low, high)``.
+        name, reduction, dtype: as ``keras.losses.Loss``.
+
+    Returns:
+        The reduced loss (mean over the batch by default); ``y_true`` holds
+        integer labels ``[batch]``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = ClampedTargetCrossentropy(logit_clamp=1.0)
+    >>> round(float(loss(np.array([0]), np.array([[1.0, -1.0]], "float32"))), 4)   # entropy of [e^2, 1] / (e^2 + 1)
+    0.3653
+    """
+
+    def __init__(self, logit_clamp=5.0, name="clamped_target_crossentropy", reduction="sum_over_batch_size",
+                 dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.logit_clamp = normalize_clamp(logit_clamp)
+        if self.logit_clamp is None:
+            raise ValueError(
+                "`logit_clamp` must be a positive number c (clamp to [-c, c]) or a pair (low, high): "
+                "the target is built from the clamp's range. Received: logit_clamp=None"
+            )
+
+    def call(self, y_true, y_pred):
+        return clamped_target_crossentropy(y_true, y_pred, self.logit_clamp)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"logit_clamp": self.logit_clamp})
         return config
 
 

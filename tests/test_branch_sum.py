@@ -169,7 +169,8 @@ def test_full_width_branch_is_resnet18():
 
 
 def test_branched_mlp_is_a_sum_of_mlps():
-    model = branched_mlp(3, hidden_units=(4, 5), num_classes=2, input_shape=(3,), return_branches=True)
+    model = branched_mlp(3, hidden_units=(4, 5), num_classes=2, input_shape=(3,), activation="tanh",
+                         return_branches=True)
     x = RNG.standard_normal((6, 3)).astype("float32")
     out, branches = model(x)
     w1, b1 = model.get_layer("hidden1").get_weights()
@@ -242,3 +243,88 @@ def test_readme_title_of_branched_resnet18():
     assert title({"num_branches": 8, "base_width": 4, "logit_clamp": 5.0}) == \
         "BranchSum(8 x ResNet18, width 4), clamp 5"
     assert title({"num_branches": 2}) == "BranchSum(2 x ResNet18, width 16)"  # the builder's defaults
+
+
+# -- the loss of the paper's classifier (000, Sec. 6) ------------------------------------------
+
+
+def _clamped_target_ce_reference(labels, logits, low, high):
+    """Cross-entropy against softmax(high at the label, low elsewhere), float64 NumPy."""
+    logits = np.asarray(logits, np.float64)
+    values = np.full(logits.shape, float(low))
+    values[np.arange(len(labels)), labels] = high
+    target = np.exp(values) / np.exp(values).sum(axis=1, keepdims=True)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return -(target * log_p).sum(axis=1), target
+
+
+def test_clamped_target_crossentropy_by_hand():
+    from branchzoo.losses import ClampedTargetCrossentropy, clamped_target
+
+    labels = np.array([0, 2, 1, 2])
+    logits = RNG.uniform(-3, 3, (4, 3))
+    per_example, _ = _clamped_target_ce_reference(labels, logits, -2.0, 3.0)
+    loss = ClampedTargetCrossentropy(logit_clamp=(-2, 3), dtype="float64")
+    assert float(loss(labels, logits)) == pytest.approx(per_example.mean(), rel=1e-12)
+    # 10 classes in [-5, 5]: 1 / (1 + 9 e^-10) on the labelled class, e^-5 / (e^5 + 9 e^-5) elsewhere
+    target = np.asarray(clamped_target(np.array([[3]]), 10, 5.0, dtype="float64"))
+    assert target[0, 3] == pytest.approx(1 / (1 + 9 * np.exp(-10.0)), rel=1e-12)
+    assert target[0, 3] == pytest.approx(0.9995916, abs=1e-7)
+    assert target[0, 0] == pytest.approx(np.exp(-5.0) / (np.exp(5.0) + 9 * np.exp(-5.0)), rel=1e-12)
+    # float32, as in training
+    logits32 = (RNG.standard_normal((6, 10)) * 4).astype("float32")
+    labels32 = RNG.integers(0, 10, 6)
+    expected, _ = _clamped_target_ce_reference(labels32, logits32, -5.0, 5.0)
+    assert float(ClampedTargetCrossentropy(5.0)(labels32, logits32)) == pytest.approx(expected.mean(), rel=1e-5)
+
+
+def test_clamped_target_crossentropy_gradient_vanishes_at_the_clamp_bounds():
+    """Eq. 3: dL/dy = (softmax(y) - target) / batch, zero at y = (high at the label, low elsewhere)."""
+    from branchzoo.losses import ClampedTargetCrossentropy
+
+    labels = np.array([1, 0])
+    loss = ClampedTargetCrossentropy(logit_clamp=5.0, dtype="float64")
+    logits = tf.Variable(RNG.uniform(-5, 5, (2, 4)))
+    with tf.GradientTape() as tape:
+        value = loss(labels, logits)
+    _, target = _clamped_target_ce_reference(labels, logits.numpy(), -5.0, 5.0)
+    softmax = np.exp(logits.numpy()) / np.exp(logits.numpy()).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(tape.gradient(value, logits).numpy(), (softmax - target) / 2, atol=1e-12)
+    best = tf.Variable(np.where(np.arange(4)[None, :] == labels[:, None], 5.0, -5.0))
+    with tf.GradientTape() as tape:
+        value = loss(labels, best)
+    assert np.abs(tape.gradient(value, best).numpy()).max() < 1e-15
+    entropy = -(target * np.log(target)).sum(axis=1).mean()  # the minimum is the target's entropy
+    assert float(value) == pytest.approx(entropy, rel=1e-9)
+
+
+def test_clamped_target_crossentropy_serialises_and_refuses_bad_input():
+    from branchzoo.losses import ClampedTargetCrossentropy
+
+    loss = ClampedTargetCrossentropy(logit_clamp=4, name="ce")
+    config = loss.get_config()
+    assert config["logit_clamp"] == [-4.0, 4.0]
+    assert json.dumps(ClampedTargetCrossentropy.from_config(config).get_config()) == json.dumps(config)
+    again = keras.saving.deserialize_keras_object(json.loads(json.dumps(keras.saving.serialize_keras_object(loss))))
+    assert isinstance(again, ClampedTargetCrossentropy) and again.logit_clamp == [-4.0, 4.0]
+    with pytest.raises(ValueError, match="Received: logit_clamp=None"):
+        ClampedTargetCrossentropy(logit_clamp=None)
+    with pytest.raises(ValueError, match=r"shape \[batch, num_classes\]"):
+        loss(np.array([0]), np.zeros((1, 2, 3), "float32"))
+
+
+def test_paper_entries_train_on_the_clamped_target_and_the_published_one_on_one_hot():
+    from branchzoo import tasks, zoo
+    from branchzoo.losses import ClampedTargetCrossentropy
+
+    for n in (2, 4, 8, 16):
+        card = zoo.model_card(f"branched_resnet18_{n}x16_cifar10")
+        loss = tasks.deserialize(card["recipe"]["loss"], "loss")
+        assert isinstance(loss, ClampedTargetCrossentropy)
+        clamp = card["config"]["logit_clamp"]
+        assert loss.logit_clamp == [-clamp, clamp]  # the same range as the model's BranchSum
+        assert "not a one-hot vector" in card["recipe"]["notes"]
+    published = zoo.model_card("branched_resnet18_8x4_cifar10")
+    assert published["weights"] is not None and "loss" not in published["recipe"]
+    assert "plain one-hot cross-entropy" in published["recipe"]["notes"]
