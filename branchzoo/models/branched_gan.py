@@ -5,10 +5,13 @@ Gilboa): a StarGAN v2-style class-transfer GAN (Choi et al. 2020) whose
 generator is a sum of slim generators plus a smoothing of the input,
 ``G(x, c) = sum_i G_i(x_i, c) + S(x)`` (`branchzoo.layers.BranchedGenerator`),
 judged by a multi-domain discriminator
-(`branchzoo.layers.MultiDomainDiscriminator`). Only the adversarial loss is
-kept, as in the paper: non-saturating GAN loss and the R1 penalty on reals
-(StarGAN v2's ``lambda_reg = 1``); no cycle, style-reconstruction or
-diversity losses (fidelity to the input comes from the ``+ S(x)`` term).
+(`branchzoo.layers.MultiDomainDiscriminator`). The paper trains with the
+adversarial loss alone (App. E: none of StarGAN v2's additional loss terms;
+no cycle, style-reconstruction or diversity losses, fidelity to the input
+comes from the ``+ S(x)`` term); the adversarial loss here is StarGAN v2's
+non-saturating one. The R1 penalty on reals (StarGAN v2's ``lambda_reg =
+1``) is our addition, not in the paper: ``r1_weight`` sets it, 1 by default;
+``r1_weight=0`` trains the paper's objective, the adversarial loss alone.
 
 - `BranchedGAN`: a `keras.Model` with its own ``train_step`` (TensorFlow
   backend: `tf.GradientTape`, one discriminator then one generator update
@@ -70,7 +73,7 @@ def default_optimizer():
 
 @keras.saving.register_keras_serializable(package="branchzoo")
 class BranchedGAN(keras.Model):
-    """A class-transfer GAN: BranchedGenerator, multi-domain discriminator, adversarial loss only.
+    """A class-transfer GAN: BranchedGenerator, multi-domain discriminator, adversarial loss (+ optional R1).
 
     After 000_a8fb4f73aa903839.txt, Sec. 7 and Appendix E. Trains on batches
     ``((images, source_classes), target_classes)`` (`branchzoo.data` with
@@ -82,11 +85,17 @@ class BranchedGAN(keras.Model):
     2. generator: ``softplus(-D(G(x, target))[target])`` (non-saturating),
        against the discriminator just updated (StarGAN v2's order).
 
+    The paper's objective is the adversarial loss alone (App. E): that is
+    ``r1_weight=0``, where the R1 term is neither computed nor reported.
+    The R1 penalty (``r1_weight > 0``, 1 by default as in StarGAN v2) is our
+    addition.
+
     Under a `tf.distribute` strategy each replica's mean loss is divided by
     the number of replicas before its gradients are summed across replicas,
     so a step equals the single-device step on the same global batch.
     Metrics are per-example means over the epoch: training reports
-    ``d_loss`` (R1 included), ``g_loss``, ``r1``, ``d_real_acc`` (reals with
+    ``d_loss`` (R1 included), ``g_loss``, ``r1`` (unweighted; only when
+    ``r1_weight > 0``), ``d_real_acc`` (reals with
     a positive logit) and ``d_fake_acc`` (translations with a negative
     logit, before the update); evaluation reports ``d_loss`` (without R1),
     ``g_loss``, ``d_real_acc``, ``d_fake_acc``, their mean ``d_acc``,
@@ -97,7 +106,8 @@ class BranchedGAN(keras.Model):
         generator: a `keras.Model` ``[images, target_classes] -> images``
             holding a `BranchedGenerator`.
         discriminator: a `keras.Model` ``images -> [batch, num_classes]`` logits.
-        r1_weight: weight of the R1 penalty (StarGAN v2: 1).
+        r1_weight: weight of the R1 penalty on reals (default 1, StarGAN
+            v2's; not in the paper). 0: the paper's adversarial loss alone.
 
     Returns:
         Called on ``[images, target_classes]``: the translations.
@@ -174,15 +184,21 @@ class BranchedGAN(keras.Model):
 
         fake = ops.stop_gradient(self.generator([images, target], training=True))
         d_vars = self.discriminator.trainable_variables
+        use_r1 = self.r1_weight > 0
         with tf.GradientTape() as tape:
-            with tf.GradientTape() as r1_tape:
-                r1_tape.watch(images)
+            if use_r1:
+                with tf.GradientTape() as r1_tape:
+                    r1_tape.watch(images)
+                    real_logits = select_logit(self.discriminator(images, training=True), source)
+                    real_total = ops.sum(real_logits)
+                grad = r1_tape.gradient(real_total, images)
+                r1 = 0.5 * ops.sum(ops.square(grad), axis=(1, 2, 3))
+            else:
                 real_logits = select_logit(self.discriminator(images, training=True), source)
-                real_total = ops.sum(real_logits)
-            grad = r1_tape.gradient(real_total, images)
-            r1 = 0.5 * ops.sum(ops.square(grad), axis=(1, 2, 3))
             fake_logits = select_logit(self.discriminator(fake, training=True), target)
-            d_per_example = real_loss(real_logits) + fake_loss(fake_logits) + self.r1_weight * r1
+            d_per_example = real_loss(real_logits) + fake_loss(fake_logits)
+            if use_r1:
+                d_per_example = d_per_example + self.r1_weight * r1
             d_loss = ops.mean(d_per_example) / replicas
         grads = tape.gradient(d_loss, d_vars)
         self.d_optimizer.apply_gradients(zip(grads, d_vars))
@@ -195,12 +211,16 @@ class BranchedGAN(keras.Model):
         grads = tape.gradient(g_loss, g_vars)
         self.g_optimizer.apply_gradients(zip(grads, g_vars))
 
-        self._update({
-            "d_loss": d_per_example, "g_loss": g_per_example, "r1": r1,
+        values = {
+            "d_loss": d_per_example, "g_loss": g_per_example,
             "d_real_acc": ops.cast(real_logits > 0, "float32"),
             "d_fake_acc": ops.cast(fake_logits < 0, "float32"),
-        })
-        return {n: self._trackers[n].result() for n in ("d_loss", "g_loss", "r1", "d_real_acc", "d_fake_acc")}
+        }
+        if use_r1:
+            values["r1"] = r1
+        self._update(values)
+        return {n: self._trackers[n].result() for n in ("d_loss", "g_loss", "r1", "d_real_acc", "d_fake_acc")
+                if n in values}
 
     def test_step(self, data):
         (images, source), target = data
@@ -285,7 +305,9 @@ def branched_gan(
         discriminator_dim_in, discriminator_max_dim, discriminator_downsamples:
             the `MultiDomainDiscriminator`'s ``dim_in``, ``max_dim``,
             ``num_downsamples``.
-        r1_weight: weight of the R1 penalty.
+        r1_weight: weight (>= 0) of the R1 penalty on reals, our addition
+            (default 1, StarGAN v2's); 0 is the paper's objective (App. E:
+            the adversarial loss alone).
         name: model name (default ``"branched_gan"``).
 
     Returns:
