@@ -11,13 +11,14 @@ from branchzoo.layers import GatedConnect
 
 NAMES = branchzoo.list_models("resnext*")
 SMALL_WIDTHS = {"stage_widths": [8, 8, 8], "stem_width": 8, "width": 2}  # same layer names, quick to build
+TINY_ENTRIES = ["resnext_gated_tiny_cifar10", "resnext_full_tiny_cifar10", "resnext_random_tiny_cifar10"]
 
 
 def test_the_family_is_registered():
     expected = {f"resnext_{kind}_{data}" for kind in ("gated", "gated_k1", "full", "random")
                 for data in ("cifar10", "cifar100")}
     expected |= {"resnext29_8x64d_gated_cifar10", "resnext29_8x64d_gated_cifar100",
-                 "resnext_gated_tiny_cifar10", "resnext_full_tiny_cifar10"}
+                 "resnext_gated_tiny_cifar10", "resnext_full_tiny_cifar10", "resnext_random_tiny_cifar10"}
     assert set(NAMES) == expected
 
 
@@ -70,12 +71,62 @@ def test_unpublished_entries_name_a_cifar10_entry_that_can_have_weights(name):
     assert name in card["recipe"]["command"]
 
 
-@pytest.mark.parametrize("name", ["resnext_gated_tiny_cifar10", "resnext_full_tiny_cifar10",
-                                  "resnext_gated_cifar100", "resnext_full_cifar100"])
+@pytest.mark.parametrize("name", TINY_ENTRIES + [
+    "resnext_gated_cifar100", "resnext_full_cifar100",
+    pytest.param("resnext29_8x64d_gated_cifar100", marks=pytest.mark.slow),  # 34.5M parameters
+])
 def test_parameter_count_matches_card(name):
     model = branchzoo.build(name)
     trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
     assert branchzoo.model_card(name)["parameters"] == {"trainable": trainable, "total": model.count_params()}
+
+
+def tiny_variables(connectivity):
+    """The variables of the CPU-sized {20,4,8} entries (block outputs 16, 32, 64, stem 16) by hand.
+
+    Their weights files hold exactly these: 6 modules of C = 8 blocks, one BN PER BLOCK after the
+    last 1x1 conv (bn3 over C * filters channels), one shared projection where the width or the
+    resolution changes (modules 3 and 5), a gate before modules 2..6 unless Fixed-Full.
+    """
+    bn = ("gamma", "beta", "moving_mean", "moving_variance")
+    C, expected = 8, [("stem_conv/kernel", (3, 3, 3, 16))]
+    expected += [(f"stem_bn/{v}", (16,)) for v in bn]
+    c_in, i = 16, 0
+    for s, out in enumerate((16, 32, 64)):
+        w = 4 * 2 ** s
+        for b in range(2):
+            i += 1
+            m = f"module{i}"
+            if i > 1 and connectivity != "full":
+                expected.append((f"{m}_gate/gates", (C, C)))
+            projects = c_in != out or (s > 0 and b == 0)
+            if projects:
+                expected.append((f"{m}/shortcut_kernel", (c_in, out)))
+            # one input (Fixed-Full, module 1) or C grouped inputs: c_in -> w per block either way
+            expected.append((f"{m}/conv1/kernel", (1, 1, c_in, C * w)))
+            expected += [(f"{m}/bn1/{v}", (C * w,)) for v in bn]
+            expected.append((f"{m}/conv2/kernel", (3, 3, w, C * w)))
+            expected += [(f"{m}/bn2/{v}", (C * w,)) for v in bn]
+            expected.append((f"{m}/conv3/kernel", (1, 1, w, C * out)))
+            expected += [(f"{m}/bn3/{v}", (C * out,)) for v in bn]
+            if projects:
+                expected += [(f"{m}/shortcut_bn/{v}", (out,)) for v in bn]
+            c_in = out
+    return expected + [("predictions/kernel", (64, 10)), ("predictions/bias", (10,))]
+
+
+@pytest.mark.parametrize("name", TINY_ENTRIES)
+def test_tiny_entries_keep_the_variables_of_their_weights(name):
+    # models are trained (and weights published) with these variables: paths, order and shapes
+    card = branchzoo.model_card(name)
+    model = branchzoo.build(name)
+    variables = [(v.path, tuple(v.shape)) for v in model.weights]
+    assert variables == tiny_variables(card["config"]["connectivity"])
+    # the per-block BN: 6 bn3 gammas of C * filters = 8 * (16, 16, 32, 32, 64, 64) channels
+    assert [shape for path, shape in variables if path.endswith("bn3/gamma")] == [
+        (128,), (128,), (256,), (256,), (512,), (512,)]
+    # stem 5; 6 modules of 3 convs + 3 BNs (15); 2 projections (5 each); head 2; 5 gates
+    assert len(variables) == (107 if card["config"]["connectivity"] == "full" else 112)
 
 
 # ---- the published CIFAR-10 pair ---------------------------------------------------------------

@@ -11,6 +11,9 @@ from keras import layers, ops
 from branchzoo._validation import check_int
 from branchzoo.layers.grouped import GroupedConv2D
 
+# layouts of the BN after the blocks' last 1x1 conv (ResNeXtModule's `output_bn`)
+OUTPUT_BN = ("per_block", "shared")
+
 
 @keras.saving.register_keras_serializable(package="branchzoo")
 class ResNeXtModule(keras.layers.Layer):
@@ -21,21 +24,36 @@ class ResNeXtModule(keras.layers.Layer):
     conv ``w -> w`` (the stride sits here), BN, ReLU, 1x1 conv ``w ->
     filters``, BN. The ``C`` blocks run together: every conv is one
     `GroupedConv2D` with ``groups = C`` over the blocks' channels side by
-    side, so each block has its own BN after its last conv (channels ``j *
-    filters ..``). The shortcut ``s`` is the identity, or, when the width or
-    the resolution changes, ONE 1x1 projection (+ BN) shared by the ``C``
-    blocks. With these, ResNeXt-29 {29,8,8} has 0.86M parameters as in the
-    paper's Table 1 (../shared/docs/SPEC-NOTES.md, section 1).
+    side. The shortcut ``s`` is the identity, or, when the width or the
+    resolution changes, ONE 1x1 projection (+ BN) shared by the ``C`` blocks.
 
-    Computation: the BN after each block's last 1x1 conv (and the shortcut's
-    BN) is applied through the conv, ``conv(h, k * scale) + shift``, with the
-    batch statistics of the conv output computed from the mean and
-    covariance of its (narrower) input (`linear_batchnorm`): the same
-    function and moving statistics as the BN layers, without a separate pass
-    over the ``C * filters`` block outputs; with ``aggregate`` the mean over
-    blocks is folded into one dense 1x1 conv (ResNeXt's form C). Under
-    synchronized BN (``bn3.synchronized``, MirroredStrategy) the BN layers
-    run as written.
+    The BN after the last 1x1 conv (``bn3``) has two layouts (``output_bn``):
+
+    - ``"per_block"``: each block has its own BN over its ``filters``
+      outputs (``bn3`` has ``C * filters`` channels, block ``j`` at ``j *
+      filters ..``). With it, ResNeXt-29 {29,8,8} (block outputs 64, 128,
+      256) has the 0.86M parameters of the paper's Table 1
+      (../shared/docs/SPEC-NOTES.md, section 1).
+    - ``"shared"``: one BN over ``filters`` channels (Xie et al.'s form C:
+      ResNeXt-29 8x64d has 34.4M parameters). With ``aggregate`` it
+      normalises the mean of the blocks' last convs (form C's one dense
+      1x1 conv, then BN; normalising the mean rather than the sum changes
+      a BN's output only through its epsilon); without, it normalises
+      every block's output with one gamma and beta per channel and
+      statistics POOLED over the blocks (batch, space and blocks are all
+      samples, as for the shared projection's BN), so its moving
+      statistics serve any subset of blocks (pruning).
+
+    Computation: ``bn3`` (and the shortcut's BN) is applied through its
+    1x1 conv, ``conv(h, k * scale) + shift``, with the batch statistics of
+    the conv output computed from the mean and covariance of its
+    (narrower) input (`linear_batchnorm`): the same function and moving
+    statistics as the BN layers, without a separate pass over the ``C *
+    filters`` block outputs; with ``aggregate`` the mean over blocks is one
+    dense 1x1 conv ``C * w -> filters`` (form C), and a shared ``bn3`` runs
+    as a layer on its ``filters`` outputs. Under synchronized BN
+    (``bn3.synchronized``, MirroredStrategy) the BN layers run as written
+    (`_call_layers`).
 
     ResNeXt's ReLU after the residual sum is applied to the module's INPUT
     (``x_j = relu(inputs_j)``), i.e. after the aggregation of the previous
@@ -56,6 +74,9 @@ class ResNeXtModule(keras.layers.Layer):
             side by side, ``[..., C * filters]``, for the next `GatedConnect`.
         kernel_initializer: conv initializer (default ``"he_normal"``).
         kernel_regularizer: optional conv kernel regularizer.
+        output_bn: layout of the BN after the blocks' last 1x1 conv:
+            ``"per_block"`` (default: ``C * filters`` channels) or
+            ``"shared"`` (``filters`` channels, form C; see above).
         bn_momentum, bn_epsilon: BatchNormalization settings (PyTorch's
             defaults: momentum 0.1 there is 0.9 here; epsilon 1e-5).
 
@@ -81,6 +102,7 @@ class ResNeXtModule(keras.layers.Layer):
         aggregate=False,
         kernel_initializer="he_normal",
         kernel_regularizer=None,
+        output_bn="per_block",
         bn_momentum=0.9,
         bn_epsilon=1e-5,
         **kwargs,
@@ -94,6 +116,9 @@ class ResNeXtModule(keras.layers.Layer):
         self.aggregate = bool(aggregate)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        if output_bn not in OUTPUT_BN:
+            raise ValueError(f"`output_bn` must be one of {OUTPUT_BN}. Received: output_bn={output_bn!r}")
+        self.output_bn = output_bn
         self.bn_momentum = float(bn_momentum)
         self.bn_epsilon = float(bn_epsilon)
 
@@ -127,7 +152,12 @@ class ResNeXtModule(keras.layers.Layer):
         for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
-            bn.build(shape)
+            if bn is self.bn3 and self.output_bn == "shared":
+                # one BN over `filters`: on the blocks' mean, or on [..., C, filters] (pooled)
+                blocks = () if self.aggregate else (C,)
+                bn.build(tuple(shape[:-1]) + blocks + (self.filters,))
+            else:
+                bn.build(shape)
         self.projects = self.strides != 1 or self.in_channels != self.filters
         if self.projects:
             # one 1x1 projection shared by the C blocks: a [in, filters] kernel applied per block
@@ -162,11 +192,18 @@ class ResNeXtModule(keras.layers.Layer):
         C block outputs before normalising them; with ``aggregate`` the mean
         over blocks is folded into the conv too, so a Fixed-Full module is
         as cheap as ResNeXt's form C (one dense 1x1 conv ``C * w -> filters``).
+        A shared ``bn3`` takes the moments pooled over the blocks
+        (``pool_groups``), or, with ``aggregate``, runs as a layer on the
+        dense conv's ``filters`` outputs (form C exactly; its moments from
+        the ``C * w`` inputs would cost more than the conv).
         """
         C, w, f = self.cardinality, self.width, self.filters
         kernel = ops.transpose(ops.reshape(self.conv3.kernel, (w, C, f)), (1, 0, 2))  # [C, w, f]
-        scale, shift = linear_batchnorm(ops.reshape(h, (-1, C * w)), kernel, self.bn3, training)
-        shortcut = None
+        shared_bn = self.output_bn == "shared"
+        if not (shared_bn and self.aggregate):
+            scale, shift = linear_batchnorm(
+                ops.reshape(h, (-1, C * w)), kernel, self.bn3, training, pool_groups=shared_bn
+            )
         if self.projects:
             xs = x[:, :: self.strides, :: self.strides] if self.strides != 1 else x
             sc_kernel = ops.cast(self.shortcut_kernel, x.dtype)
@@ -175,9 +212,14 @@ class ResNeXtModule(keras.layers.Layer):
             )
             sc_kernel, sc_shift = sc_kernel * sc_scale, sc_shift[0]
         if self.aggregate:
-            # mean over blocks of (conv3_j * scale_j + shift_j): one dense 1x1 conv C*w -> f
-            dense = ops.reshape(kernel * ops.expand_dims(scale, 1), (1, 1, C * w, f)) * (1.0 / C)
-            residual = ops.conv(h, dense, padding="same") + ops.mean(shift, axis=0)
+            if shared_bn:
+                # form C: the mean over blocks of conv3_j is one dense 1x1 conv C*w -> f, then BN
+                dense = ops.reshape(kernel, (1, 1, C * w, f)) * (1.0 / C)
+                residual = self.bn3(ops.conv(h, dense, padding="same"), training=training)
+            else:
+                # mean over blocks of (conv3_j * scale_j + shift_j): one dense 1x1 conv C*w -> f
+                dense = ops.reshape(kernel * ops.expand_dims(scale, 1), (1, 1, C * w, f)) * (1.0 / C)
+                residual = ops.conv(h, dense, padding="same") + ops.mean(shift, axis=0)
             if not self.shared_input:
                 x = ops.mean(ops.reshape(x, tuple(ops.shape(x)[:-1]) + (C, self.in_channels)), axis=-2)
                 if self.projects:
@@ -201,9 +243,20 @@ class ResNeXtModule(keras.layers.Layer):
     def _call_layers(self, x, h, training):
         """The module as written: BN layers on the conv outputs (used with synchronized BN)."""
         C = self.cardinality
-        h = self.bn3(self.conv3(h), training=training)
+        h = self.conv3(h)
         shape = ops.shape(h)
+        if self.output_bn == "per_block":
+            h = self.bn3(h, training=training)
         residual = ops.reshape(h, tuple(shape[:-1]) + (C, self.filters))
+        if self.output_bn == "shared":
+            if self.aggregate:
+                # form C: BN on the aggregated transform, then the (mean) shortcut
+                residual = self.bn3(ops.mean(residual, axis=-2), training=training)
+                if self.shared_input:
+                    return residual + self._shortcut(x, training)
+                xs = ops.reshape(x, tuple(ops.shape(x)[:-1]) + (C, self.in_channels))
+                return residual + ops.mean(self._shortcut(xs, training), axis=-2)
+            residual = self.bn3(residual, training=training)  # statistics pooled over the blocks
         if self.shared_input:
             shortcut = self._shortcut(x, training)
             if self.aggregate:
@@ -248,6 +301,7 @@ class ResNeXtModule(keras.layers.Layer):
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)
                 if self.kernel_regularizer
                 else None,
+                "output_bn": self.output_bn,
                 "bn_momentum": self.bn_momentum,
                 "bn_epsilon": self.bn_epsilon,
             }
@@ -276,7 +330,7 @@ def _pointwise_initializer(initializer):
 _FULL_GRAM_MAX = 512
 
 
-def linear_batchnorm(x, kernel, bn, training):
+def linear_batchnorm(x, kernel, bn, training, pool_groups=False):
     """Scale and shift that make ``x @ kernel`` batch-normalised by `bn`, from the moments of `x`.
 
     For a linear map the batch mean of the output is ``mean(x) @ kernel`` and
@@ -289,15 +343,22 @@ def linear_batchnorm(x, kernel, bn, training):
     Args:
         x: ``[N, G * d]``: N samples of G independent groups of d features.
         kernel: ``[G, d, o]``: one ``d -> o`` map per group.
-        bn: a built ``keras.layers.BatchNormalization`` over ``G * o`` channels.
+        bn: a built ``keras.layers.BatchNormalization`` over ``G * o``
+            channels, or over ``o`` with `pool_groups`.
         training: whether to use (and update) batch statistics.
+        pool_groups: one BN shared by the groups, as `bn` applied to the
+            outputs laid out ``[N, G, o]``: the groups' outputs are pooled
+            as ``N * G`` samples (mean of the group means; variance = mean
+            of the group variances + variance of the group means).
 
     Returns:
-        ``(scale, shift)``, each ``[G, o]``.
+        ``(scale, shift)``, each ``[G, o]`` (with `pool_groups`, the same
+        ``o`` values in every row).
     """
     groups, features, outputs = kernel.shape
-    gamma = ops.reshape(ops.cast(bn.gamma, x.dtype), (groups, outputs))
-    beta = ops.reshape(ops.cast(bn.beta, x.dtype), (groups, outputs))
+    channels = (1 if pool_groups else groups, outputs)
+    gamma = ops.reshape(ops.cast(bn.gamma, x.dtype), channels)
+    beta = ops.reshape(ops.cast(bn.beta, x.dtype), channels)
     if training and bn.trainable:
         n = ops.cast(ops.shape(x)[0], x.dtype)
         mean_x = ops.mean(x, axis=0)
@@ -311,6 +372,10 @@ def linear_batchnorm(x, kernel, bn, training):
             cov = ops.einsum("ngi,ngj->gij", blocks, blocks) / n
         mean = ops.einsum("gd,gdo->go", ops.reshape(mean_x, (groups, features)), kernel)
         var = ops.maximum(ops.sum(kernel * ops.matmul(cov, kernel), axis=1), 0.0)
+        if pool_groups:
+            pooled = ops.mean(mean, axis=0, keepdims=True)
+            var = ops.mean(var + ops.square(mean - pooled), axis=0, keepdims=True)
+            mean = pooled
         momentum = bn.momentum
         bn.moving_mean.assign(
             bn.moving_mean * momentum + ops.cast(ops.reshape(mean, (-1,)), bn.moving_mean.dtype) * (1.0 - momentum)
@@ -320,7 +385,10 @@ def linear_batchnorm(x, kernel, bn, training):
             + ops.cast(ops.reshape(var, (-1,)), bn.moving_variance.dtype) * (1.0 - momentum)
         )
     else:
-        mean = ops.reshape(ops.cast(bn.moving_mean, x.dtype), (groups, outputs))
-        var = ops.reshape(ops.cast(bn.moving_variance, x.dtype), (groups, outputs))
+        mean = ops.reshape(ops.cast(bn.moving_mean, x.dtype), channels)
+        var = ops.reshape(ops.cast(bn.moving_variance, x.dtype), channels)
     scale = gamma * ops.rsqrt(var + bn.epsilon)
-    return scale, beta - mean * scale
+    shift = beta - mean * scale
+    if pool_groups:
+        return ops.broadcast_to(scale, (groups, outputs)), ops.broadcast_to(shift, (groups, outputs))
+    return scale, shift

@@ -16,6 +16,16 @@ the CIFAR ResNeXt-29 of Xie et al. (form C), with the layout of
   stem; the last module's blocks are averaged for the head;
 - head: ReLU, global average pool, ``Dense(num_classes)`` (logits).
 
+The BN after the blocks' last 1x1 conv is one per block (``output_bn=
+"per_block"``, the layout that gives the paper's small models' counts,
+{29,8,8} 0.86M) or one over the block output width (``"shared"``, Xie et
+al.'s form C: ResNeXt-29 8x64d 34.4M); by default ``"shared"`` with the
+canonical stage widths 256/512/1024 and ``"per_block"`` with any others
+(../shared/docs/SPEC-NOTES.md, section 1). A shared BN normalises each
+block of a gated module with statistics pooled over its ``C`` blocks, and
+the mean of the blocks in Fixed-Full: with it, Learned ``K = C`` equals
+Fixed-Full at inference but not in training.
+
 ``connectivity="full"`` (Fixed-Full) has no gate layers: every block reads
 the mean of the previous module's outputs, so each module reads ONE shared
 input and returns the mean of its blocks (a plain ResNeXt; computing the
@@ -32,6 +42,7 @@ from keras import layers
 from branchzoo._validation import check_int
 from branchzoo.layers import GatedConnect, ResNeXtModule
 from branchzoo.layers.gated import CONNECTIVITIES
+from branchzoo.layers.resnext import OUTPUT_BN
 from branchzoo.registry import register_builder
 
 PAPER = "002_6ffcaba31e771062.txt"
@@ -71,6 +82,7 @@ def resnext_cifar(
     fan_in=None,
     connectivity="full",
     stage_widths=None,
+    output_bn=None,
     num_classes=10,
     input_shape=(32, 32, 3),
     stem_width=64,
@@ -104,6 +116,14 @@ def resnext_cifar(
         stage_widths: output width of the blocks of each of the three stages;
             None: the canonical ResNeXt-29 (256, 512, 1024). The paper's
             small models ({29,8,8}: 0.86M, {20,4,8}: 0.28M) use (64, 128, 256).
+        output_bn: the BN after the blocks' last 1x1 conv (`ResNeXtModule`):
+            ``"shared"``, one BN over the block output width (Xie et al.'s
+            form C; in gated modules one gamma and beta per channel for
+            the ``C`` blocks, statistics pooled over them), or
+            ``"per_block"``, one BN per block. None (default): ``"shared"``
+            with the canonical stage widths (256, 512, 1024: 34.4M for
+            {29,64,8}), ``"per_block"`` with any others (the paper's small
+            models' counts: {29,8,8} 0.86M).
         num_classes: size of the classifier (10 or 100 for CIFAR).
         input_shape: ``(H, W, channels)``.
         stem_width: output channels of the stem conv (64).
@@ -158,6 +178,10 @@ def resnext_cifar(
             f"Received: stage_widths={stage_widths!r}"
         )
     stage_widths = [check_int(v, f"stage_widths[{i}]", minimum=1) for i, v in enumerate(stage_widths)]
+    if output_bn is None:
+        output_bn = "shared" if tuple(stage_widths) == CANONICAL_STAGE_WIDTHS else "per_block"
+    if output_bn not in OUTPUT_BN:
+        raise ValueError(f"`output_bn` must be one of {OUTPUT_BN} or None. Received: output_bn={output_bn!r}")
     num_classes = check_int(num_classes, "num_classes", minimum=1)
     stem_width = check_int(stem_width, "stem_width", minimum=1)
     if len(input_shape) != 3:
@@ -192,8 +216,8 @@ def resnext_cifar(
             x = ResNeXtModule(
                 cardinality, width * 2**s, out, strides=2 if (s > 0 and b == 0) else 1,
                 shared_input=full or i == 1, aggregate=full or i == num_modules,
-                kernel_initializer=kernel_initializer, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-                name=f"module{i}",
+                kernel_initializer=kernel_initializer, output_bn=output_bn, bn_momentum=bn_momentum,
+                bn_epsilon=bn_epsilon, name=f"module{i}",
             )(x)
     if include_top:
         x = layers.ReLU(name="head_relu")(x)
@@ -278,7 +302,9 @@ def _pruned_module(module, keep, shared_input):
     out = _block_channels(keep, f)
     for name, cols in (("conv1", wide), ("conv2", wide), ("conv3", out)):
         getattr(pruned, name).kernel.assign(np.asarray(getattr(module, name).kernel)[..., cols])
-    for name, cols in (("bn1", wide), ("bn2", wide), ("bn3", out)):
+    # a shared bn3 (one per channel, statistics pooled over the blocks) is kept whole
+    bn3_cols = out if module.output_bn == "per_block" else slice(None)
+    for name, cols in (("bn1", wide), ("bn2", wide), ("bn3", bn3_cols)):
         for src, dst in zip(getattr(module, name).weights, getattr(pruned, name).weights):
             dst.assign(np.asarray(src)[cols])
     if module.projects:
