@@ -2,6 +2,7 @@
 
 import math
 
+import keras
 import numpy as np
 import pytest
 
@@ -157,6 +158,41 @@ def test_branched_stem_cnn_variants():
         branched_stem_cnn(trunk_widths=())
 
 
+def _change_per_channel(model, layer, branch, channels, num_branches, image):
+    """Which output channels of `layer` move when branch `branch`'s first-layer weights move."""
+    probe = keras.Model(model.input, model.get_layer(layer).output)
+    before = np.asarray(probe(image, training=False))
+    conv1, bn1 = model.get_layer("branch_conv1"), model.get_layer("branch_bn1")
+    saved = [np.asarray(v).copy() for v in (conv1.kernel, bn1.beta)]
+    per_branch = channels // num_branches
+    cols = slice(branch * per_branch, (branch + 1) * per_branch)
+    kernel, beta = saved[0].copy(), saved[1].copy()
+    kernel[..., cols] += RNG.normal(0, 0.5, kernel[..., cols].shape)
+    beta[cols] += 1.0
+    conv1.kernel.assign(kernel)
+    bn1.beta.assign(beta)
+    after = np.asarray(probe(image, training=False))
+    conv1.kernel.assign(saved[0])
+    bn1.beta.assign(saved[1])
+    return np.abs(after - before).max(axis=(0, 1, 2)) > 0
+
+
+def test_branched_stem_4x1_card_keeps_four_branches_apart_for_two_layers():
+    import branchzoo
+
+    model = branchzoo.build("branched_stem_4x1_cifar10")
+    conv1, conv2 = model.get_layer("branch_conv1"), model.get_layer("branch_conv2")
+    assert conv1.kernel.shape == (5, 5, 3, 64)  # 4 branches x 16 filters, each reads the image
+    assert conv2.groups == 4 and conv2.kernel.shape == (5, 5, 16, 128)  # 16 -> 32 per branch
+    image = RNG.standard_normal((2, 32, 32, 3)).astype("float32")
+    for branch in range(4):
+        # after layer 2 only the perturbed branch's 32 channels move (no weight between branches) ...
+        moved = _change_per_channel(model, "branch_conv2", branch, 64, 4, image)
+        assert moved.tolist() == [b == branch for b in range(4) for _ in range(32)]
+        # ... and the trunk, which reads all four, mixes them
+        assert _change_per_channel(model, "trunk_conv1", branch, 64, 4, image).all()
+
+
 def _inception_count(num_classes=1000):
     """GoogLeNet (Szegedy et al. 2015, Table 1) without auxiliary heads, weights + biases."""
     count = 7 * 7 * 3 * 64 + 64 + 64 * 64 + 64 + 9 * 64 * 192 + 192
@@ -219,6 +255,7 @@ def test_zoo_cards_match_the_reference_counts():
     assert branchzoo.model_card("alexnet_2branch_imagenet")["parameters"]["trainable"] == _alexnet_count()
     assert branchzoo.model_card("inception_v1_imagenet")["parameters"]["trainable"] == _inception_count()
     four = branchzoo.model_card("branched_stem_4x1_cifar10")
-    # 5x5x3x64 first layer + BN; trunk 3x3 64->128 + BN, 128->256 + BN; head 256x10 + 10
-    assert four["parameters"]["trainable"] == (5 * 5 * 3 * 64 + 128 + 9 * 64 * 128 + 256
-                                               + 9 * 128 * 256 + 512 + 2570)
+    # 5x5x3x64 first layer + BN; 4 grouped 5x5 16->32 + BN; trunk 3x3 128->128 + BN, 128->256 + BN;
+    # head 256x10 + 10
+    assert four["parameters"]["trainable"] == (5 * 5 * 3 * 64 + 128 + 4 * 25 * 16 * 32 + 256
+                                               + 9 * 128 * 128 + 256 + 9 * 128 * 256 + 512 + 2570)

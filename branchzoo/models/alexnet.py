@@ -138,7 +138,7 @@ def alexnet(
 @register_builder("branched_stem_cnn", family="branch_specialization", paper=PAPER)
 def branched_stem_cnn(
     num_branches=4,
-    branch_layers=1,
+    branch_layers=2,
     branch_filters=16,
     kernel_size=5,
     trunk_widths=(128, 256),
@@ -146,21 +146,29 @@ def branched_stem_cnn(
     input_shape=(32, 32, 3),
     name=None,
 ):
-    """A 32x32 CNN whose first layer(s) are split into branches.
+    """A 32x32 CNN whose first layers are split into branches.
 
-    After 001_54705f77118ebd52.txt: ``num_branches=2, branch_layers=2`` is
-    the AlexNet-style two-branch first block (Fig. 1), ``num_branches=4,
-    branch_layers=1`` the four-branch first layer (Fig. 7), both at CIFAR
-    size. Branched layers: ``branch_conv{l}`` (``kernel_size``, ``N *
-    branch_filters * 2**(l-1)`` channels; l >= 2 grouped), ``branch_bn{l}``,
-    ``branch_relu{l}``, ``branch_pool{l}`` (max 3/2, same). The trunk reads
-    every branch: ``trunk_conv{i}`` (3x3), ``trunk_bn{i}``, ``trunk_relu{i}``,
+    After 001_54705f77118ebd52.txt, where branches are "sequences of layers
+    which temporarily don't have access to 'parallel' information":
+    ``num_branches=2`` is the AlexNet-style two-branch first block (Fig. 1),
+    ``num_branches=4`` the four-branch first layers (Fig. 7), both at CIFAR
+    size with ``branch_layers=2``. Branched layers: ``branch_conv{l}``
+    (``kernel_size``, ``N * branch_filters * 2**(l-1)`` channels, branch
+    ``b`` the ``b``-th ``N``-th of them), ``branch_bn{l}``,
+    ``branch_relu{l}``, ``branch_pool{l}`` (max 3/2, same). Every branch's
+    first layer reads the image (as AlexNet's two halves do); from the
+    second on, ``branch_conv{l}`` is grouped (``groups=N``), so no weight
+    connects two branches until the trunk, which reads every branch:
+    ``trunk_conv{i}`` (3x3), ``trunk_bn{i}``, ``trunk_relu{i}``,
     ``trunk_pool{i}`` (2x2, all but the last), then ``avg_pool`` and
     ``predictions``.
 
     Args:
         num_branches: N.
-        branch_layers: how many layers stay split.
+        branch_layers: how many layers stay split (default 2). With 1 the
+            split is nominal: the only branched layer reads the shared
+            image and the trunk reads all of its channels, so the model is
+            an ordinary CNN.
         branch_filters: filters per branch in the first layer (doubling per
             branched layer).
         kernel_size: kernel of the branched convolutions.
@@ -177,6 +185,8 @@ def branched_stem_cnn(
     >>> model = branched_stem_cnn(4, branch_filters=2, trunk_widths=(8,))
     >>> tuple(model.get_layer("branch_conv1").kernel.shape)
     (5, 5, 3, 8)
+    >>> model.get_layer("branch_conv2").groups
+    4
     """
     num_branches = check_int(num_branches, "num_branches", minimum=1)
     branch_layers = check_int(branch_layers, "branch_layers", minimum=1)
