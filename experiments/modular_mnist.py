@@ -11,8 +11,8 @@ The paper uses Fashion-MNIST, which these machines do not have; MNIST (same
 IDX format, 28x28x1, 10 classes) stands in, so absolute errors are far lower
 than the paper's and only the ordering can be compared. Settings follow the
 paper and its reference code (SPEC-NOTES.md, section 2): batch 100, SGD
-momentum 0.9, no augmentation, per-pixel normalisation with the training
-mean/std, learning rate 0.02 * M for lambda <= 0.95 and 0.006 * M above
+momentum 0.9, no augmentation, global normalisation with the training
+set's mean/std (one mean and one std over all pixels: MNIST has one channel), learning rate 0.02 * M for lambda <= 0.95 and 0.006 * M above
 (5.12 / 1.536 for 256 modules; the reference's 5.15 rounds this), test error
 at the epoch of lowest validation error. To fit the CPU budget the epochs are
 capped (``--epochs``, default 25, instead of 200) with ``--patience``

@@ -154,7 +154,7 @@ def _trainable(model):
 
 
 def test_parameter_counts_per_branch():
-    assert _resnet18_count(16) == 701_466  # the paper's "0.70M" per branch (Sec. 6)
+    assert _resnet18_count(16) == 701_466  # 0.70M per branch: the slim width the paper entries use
     assert _resnet18_count(32) == 2_797_610  # SPEC-NOTES: 2.8M
     assert _resnet18_count(64) == 11_173_962  # pytorch-cifar's ResNet18, SPEC-NOTES: 11.2M
     model = branched_resnet18(2, base_width=16)

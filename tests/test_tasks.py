@@ -10,8 +10,9 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from branchzoo import registry, tasks, training, zoo
+from branchzoo import data, registry, tasks, training, zoo
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
 from branchzoo.tasks import ClassificationTask, Task, apply_phase, register_task, resolve_phases
 
@@ -147,6 +148,8 @@ def test_zoo(tmp_path, monkeypatch):
         _entry("two_optimizers", "test_dense", {"task": "test_two_optimizers"}),
         _entry("xla_recipe", "test_dense", {"jit_compile": "on"}),
         _entry("bad_jit", "test_dense", {"jit_compile": "yes"}),
+        _entry("typo_key", "test_dense", {"weigth_decay": 5e-4}),
+        _entry("free_text_augment", "test_dense", {"augment": "random crops (8%-100% area), flip"}),
     ]
     for e in entries:
         (folder / f"{e['name']}.json").write_text(json.dumps(e))
@@ -418,6 +421,49 @@ def test_no_augment_gives_the_same_images_every_epoch():
 
     assert epoch_images(False, 0) == epoch_images(False, 1)  # reshuffled, never altered
     assert epoch_images(None, 0) != epoch_images(None, 1)  # the recipe's pad-crop
+
+
+def test_recipe_keys_and_augment_values_are_checked(test_zoo):
+    with pytest.raises(ValueError, match=r"Recipe of 'typo_key' has keys that nothing reads: \['weigth_decay'\]"):
+        training.resolve_run_config("typo_key")
+    with pytest.raises(ValueError, match=r"Recipe of 'free_text_augment': `augment` must be false or one of "
+                                         r"\['pad_crop', 'random_resized_crop'\]"):
+        training.resolve_run_config("free_text_augment")
+
+
+def test_every_zoo_recipe_is_valid(monkeypatch):
+    monkeypatch.delenv("BRANCHZOO_ZOO_DIR", raising=False)
+    zoo.clear_cache()
+    for name in zoo.list_models():
+        run = training.resolve_run_config(name)
+        assert run["augment"] in (False, "pad_crop", "random_resized_crop"), name
+    # the ImageNette entries cite He et al.'s preprocessing: random-resized crops, not CIFAR's pad-crop
+    assert training.resolve_run_config("mpnet2_1x3_4x7_imagenette")["augment"] == "random_resized_crop"
+
+
+def test_random_resized_crop_keeps_a_crop_of_8_to_100_percent_of_the_area():
+    from branchzoo.data.pipeline import augmenter
+
+    # an image whose red channel is the column and green the row (in [0, 1]): a crop resized
+    # back spans a share of each that is at least sqrt(0.08 * 3/4) of the side
+    side = 32
+    cols, rows = np.meshgrid(np.arange(side) / (side - 1), np.arange(side) / (side - 1))
+    image = np.stack([cols, rows, np.zeros_like(cols)], axis=-1).astype("float32")
+    crop = augmenter((side, side, 3), flip=False, kind="random_resized_crop")
+    spans = []
+    for k in range(200):
+        out = np.asarray(crop(tf.constant(image), tf.constant([7, k], tf.int64)))
+        assert out.shape == (side, side, 3)
+        width = out[..., 0].max() - out[..., 0].min()
+        height = out[..., 1].max() - out[..., 1].min()
+        spans.append(width * height)
+        assert width >= np.sqrt(0.08 * 3 / 4) - 0.05 and height >= np.sqrt(0.08 * 3 / 4) - 0.05
+    assert min(spans) < 0.5 < max(spans)  # crops of many sizes, not the whole image every time
+    again = np.asarray(crop(tf.constant(image), tf.constant([7, 3], tf.int64)))
+    first = np.asarray(crop(tf.constant(image), tf.constant([7, 3], tf.int64)))
+    np.testing.assert_array_equal(again, first)  # stateless: the same key, the same crop
+    with pytest.raises(ValueError, match=r"`augment` must be None, True, False or one of"):
+        data.load_dataset("digits", "train", 8, augment="flip")
 
 
 def test_recipe_dataset_options_reach_the_run_only_for_its_dataset(monkeypatch):

@@ -23,7 +23,7 @@ at base width w:
   Dense(num_classes) with bias.
 
 Trainable parameters per branch: 11,173,962 at w = 64 (the reference
-ResNet18), 2,797,610 at w = 32, 701,466 at w = 16 (the paper's 0.70M);
+ResNet18), 2,797,610 at w = 32, 701,466 at w = 16 (our slim choice: the paper's sizes are lost from the extracted text);
 tests/test_branch_sum.py counts them by hand.
 """
 
