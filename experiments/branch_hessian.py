@@ -16,7 +16,7 @@ loss Hessian that lies in the inter-branch blocks and the share of
 (example, branch) pairs whose distributive factor is zero
 (`branchzoo.analysis.hessian`):
 
-    python experiments/branch_hessian.py     # writes experiments/output/branch_hessian.{png,md}
+    python experiments/branch_hessian.py     # writes experiments/output/branch_hessian.{png,md,json}
 
 Two kinds of branch, both with ReLU hidden units:
 
@@ -86,6 +86,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     from matplotlib.figure import Figure
 
+    from branchzoo._io import write_json_atomic
     from branchzoo.analysis.hessian import block_shares, hessian_figure, share_figure
 
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -129,10 +130,15 @@ def main(argv=None):
         "| output activation | seed | loss | active | 1 - 1/active | inter at step 0 | inter | silent |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    final = []
     for kind in kinds:
         for seed in seeds:
             history, _, last, index, active = results[kind, seed]
             end = block_shares(last, index)
+            final.append({"output_activation": kind, "seed": seed, "loss": float(history["loss"][-1]),
+                          "active": int(active), "reference": float(_reference(active)),
+                          "inter_at_step_0": float(history["inter"][0]), "inter": float(end["inter"]),
+                          "silent": float(history["silent"][-1])})
             lines.append(f"| {kind} | {seed} | {history['loss'][-1]:.2e} | {active} | {_reference(active):.3f} | "
                          f"{history['inter'][0]:.3f} | {end['inter']:.3f} | {history['silent'][-1]:.3f} |")
     for kind in kinds:
@@ -149,7 +155,10 @@ def main(argv=None):
             lines.append(f"| {s} | {l:.3e} | {inter:.3f} | {intra:.3f} | {silent:.3f} | {g:.2e} |")
     with open(os.path.join(args.output, "branch_hessian.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print(f"wrote {args.output}/branch_hessian.{{png,md}}")
+    write_json_atomic(os.path.join(args.output, "branch_hessian.json"),
+                      {"command": command, "seconds": round(elapsed, 1), "branches": args.branches,
+                       "steps": args.steps, "final": final})
+    print(f"wrote {args.output}/branch_hessian.{{png,md,json}}")
     return 0
 
 
