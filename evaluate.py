@@ -6,8 +6,10 @@
     python evaluate.py --model mpnet_tiny_digits --analysis probes,saturation --report report/
 
 Prints the model task's metrics (loss, top-1, top-5 for classifiers) and
-writes them as JSON; with --analysis, --report DIR receives one PNG per
-figure and report.json with every number.
+writes them as JSON to --output, by default beside a --checkpoint (in its
+run folder, eval-<checkpoint name>-<dataset>.json); with --model and no
+--output nothing is written. With --analysis, --report DIR receives one
+PNG per figure and report.json with every number.
 """
 
 import argparse
@@ -28,22 +30,29 @@ def main(argv=None):
     p.add_argument("--dataset", help="default: the model's recipe dataset / the checkpoint run's")
     p.add_argument("--data-dir", help="local data (default: the checkpoint run's, or $BRANCHZOO_DATA_DIR)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--output", help="JSON file for the metrics (default eval-<name>-<dataset>.json)")
+    p.add_argument("--output", help="JSON file for the metrics (default: with --checkpoint, "
+                                    "eval-<checkpoint name>-<dataset>.json beside it; with --model, none)")
     p.add_argument("--analysis", metavar="A,B", help="analyses to run (branchzoo.analysis.registry)")
     p.add_argument("--report", metavar="DIR", help="folder for the analysis PNGs and report.json")
     p.add_argument("--analysis-batches", type=int, metavar="N",
                    help="analyses read at most N batches of each split")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress (shown only on a terminal anyway): what a slow step does "
+                        "(fetching weights, decoding a dataset, analyses) and Keras' bar")
     args = p.parse_args(argv)
     if args.report and not args.analysis:
         p.error("--report needs --analysis (which analyses to write)")
 
-    from branchzoo import training
+    from branchzoo import _progress, training
+
+    _progress.set_quiet(args.quiet)
 
     try:
         metrics = training.evaluate(
             model=args.model, checkpoint=args.checkpoint, weights=args.weights,
             dataset=args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
-            output=args.output, verbose=0, analysis=args.analysis, report=args.report,
+            output=args.output, verbose=1 if _progress.enabled() else 0,
+            analysis=args.analysis, report=args.report,
             analysis_batches=args.analysis_batches,
         )
     except (ValueError, FileNotFoundError) as e:  # bad name, missing data/checkpoint/weights
@@ -51,6 +60,8 @@ def main(argv=None):
     scores = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()) + f"  ({metrics['dataset']} test)")
     print(json.dumps({k: v for k, v in metrics.items() if k != "environment"}, indent=2))
+    if metrics["output"]:
+        print(f"Metrics in {metrics['output']}")
     return 0
 
 

@@ -65,6 +65,10 @@ def build_parser():
     p.add_argument("--deterministic", action="store_true", help="TensorFlow op determinism")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output")
     p.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"), help="Keras progress")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress: neither Keras' bars (unless --verbose is given) nor the lines "
+                        "saying what a slow step does (decoding a dataset, evaluating, exporting); "
+                        "those lines are only shown on a terminal anyway")
     return p
 
 
@@ -82,8 +86,9 @@ def main(argv=None):
         return 0
     if not args.model:
         parser.error("the following arguments are required: --model (or --list)")
-    from branchzoo import training
+    from branchzoo import _progress, training
 
+    _progress.set_quiet(args.quiet)
     try:
         if args.cpu_devices is not None and args.cpu_devices < 1:
             raise ValueError(f"`cpu_devices` must be >= 1. Received: cpu_devices={args.cpu_devices}")
@@ -96,7 +101,7 @@ def main(argv=None):
     # SIGTERM (a scheduler's stop) ends the run like Ctrl-C: the last finished
     # epoch is already backed up, so report how to resume.
     signal.signal(signal.SIGTERM, _stop)
-    verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
+    verbose = (0 if args.quiet else "auto") if args.verbose == "auto" else int(args.verbose)
     try:
         metrics = training.run_prepared(prepared, verbose=verbose)
     except KeyboardInterrupt:

@@ -65,3 +65,36 @@ def sha256_of(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_writable(path, argument, folder=True):
+    """Raises ValueError unless `path` can be written, as a folder or (``folder=False``) a file.
+
+    The first missing folder on the way is what will be created, so its parent
+    is tried: a scratch folder is made there and removed at once. (Permission
+    bits say nothing to root, and nothing about /proc or a read-only mount.)
+
+    Args:
+        path: the folder or file to be written.
+        argument: its name in messages (e.g. ``"output"``).
+        folder: whether `path` is a folder (else a file, written beside its
+            temp file in its parent folder).
+    """
+    full = os.path.abspath(path)
+    if os.path.exists(full) and os.path.isdir(full) != folder:
+        expected = "a folder" if folder else "a file, not a folder"
+        raise ValueError(f"`{argument}` must be {expected}; {full} is "
+                         f"{'a file' if folder else 'a folder'}. Received: {argument}={path!r}")
+    probe = full if folder and os.path.isdir(full) else os.path.dirname(full)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"`{argument}` must be a path that can be created, but {probe} is a file. "
+                         f"Received: {argument}={path!r}")
+    scratch = temp_path(probe)
+    try:
+        os.mkdir(scratch)
+    except OSError as e:
+        raise ValueError(f"`{argument}` must be a path that can be created and written, but {probe} "
+                         f"refuses new entries ({e.strerror}). Received: {argument}={path!r}") from None
+    os.rmdir(scratch)

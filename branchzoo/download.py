@@ -11,6 +11,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 
+from branchzoo import _progress as progress
 from branchzoo._home import branchzoo_home
 from branchzoo._io import sha256_of
 
@@ -58,6 +59,10 @@ def fetch_file(origin, fname, sha256, subdir="weights"):
         print(f"Cached {target} does not match sha256 {sha256}; fetching it again.")
         os.remove(target)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=cache)
+    # Keras prints "Downloading data from ..." and a progress bar; not under --quiet.
+    interactive = keras.config.is_interactive_logging_enabled()
+    if progress.quiet():
+        keras.config.disable_interactive_logging()
     try:
         try:
             path = keras.utils.get_file(
@@ -71,6 +76,8 @@ def fetch_file(origin, fname, sha256, subdir="weights"):
             ) from None
         os.replace(path, target)
     finally:
+        if interactive:
+            keras.config.enable_interactive_logging()
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 

@@ -177,9 +177,10 @@ def models_table(pattern="*"):
     """The README's table of registered models, from their cards (markdown).
 
     The result column shows the recipe's ``"headline_metric"`` (default
-    ``top1``) as measured on the test split by the publish command.
+    ``top1``) as measured on the test split by the publish command, in its
+    task's words where the task describes it (`Task.metric_descriptions`).
     """
-    from branchzoo import zoo
+    from branchzoo import tasks, zoo
 
     rows = ["| model | architecture | paper | trainable params | dataset | weights | test result |",
             "|---|---|---|---:|---|---|---:|"]
@@ -193,7 +194,11 @@ def models_table(pattern="*"):
         if metrics and headline in metrics:
             value = metrics[headline]
             shown = f"{100 * value:.2f}%" if headline in ("top1", "top5") or "acc" in headline else f"{value:.4g}"
-            result = f"{shown} {'' if headline == 'top1' else headline + ' '}({metrics['dataset']})"
+            described = tasks.task_for(zoo.get_entry(name)).metric_descriptions.get(headline)
+            if described:
+                result = f"{shown} {described} ({headline}, {metrics['dataset']})"
+            else:
+                result = f"{shown} {'' if headline == 'top1' else headline + ' '}({metrics['dataset']})"
         aliases = f" (alias: {', '.join(card['aliases'])})" if card["aliases"] else ""
         rows.append(
             f"| `{name}`{aliases} | {arch} | {card['paper'][:3]}: {card['paper'].split(', ', 1)[-1]} | "

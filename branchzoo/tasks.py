@@ -341,6 +341,8 @@ class Task:
     name = None
     # Recipe keys this task reads besides `RECIPE_KEYS`.
     recipe_keys = ()
+    # Plain words for a metric a reader could take for something else (README's table).
+    metric_descriptions = {}
 
     def builder_kwargs(self, run, info):
         """Builder arguments taken from the dataset (`DatasetInfo`)."""

@@ -15,8 +15,9 @@ import platform
 
 import numpy as np
 
+from branchzoo import _progress as progress
 from branchzoo import distributed, tasks, zoo
-from branchzoo._io import write_json_atomic
+from branchzoo._io import check_writable, write_json_atomic
 from branchzoo._validation import check_int
 from branchzoo.callbacks import AtomicBackupAndRestore, TensorBoard
 from branchzoo.data.pipeline import check_augment
@@ -335,11 +336,13 @@ class Prepared:
 
 
 def prepare(run, resume=False):
-    """Checks the output folder, opens the data and builds the model; writes nothing.
+    """Checks the output folders, opens the data and builds the model; writes nothing.
 
-    Every user error (a bad builder argument, missing data, nothing to
-    resume) is raised here as ValueError / FileNotFoundError, before
-    anything touches ``run["output"]``.
+    Every user error (an output folder that cannot be created, a bad builder
+    argument, a model that does not fit the dataset, a batch larger than the
+    training split, missing data, nothing to resume) is raised here as
+    ValueError / FileNotFoundError, before anything touches ``run["output"]``.
+    Each output location is tried with a scratch folder removed at once.
     """
     import keras
     import tensorflow as tf
@@ -348,6 +351,11 @@ def prepare(run, resume=False):
 
     run = dict(run)
     cluster = distributed.parse_tf_config(json.dumps(run["cluster"])) if run.get("cluster") else None
+    check_writable(run["output"], "output")
+    if cluster is None or cluster.is_chief:  # other workers write their logs and export to a temp folder
+        check_writable(run["logdir"], "logdir")
+        if run["export"]:
+            check_writable(run["export"], "export")
     metadata = _check_resume(run, run["output"], resume, cluster)
     initial_epoch = (metadata or {"epoch": 0})["epoch"]
     if cluster is not None:  # MultiWorkerMirroredStrategy comes before any other TF call
@@ -362,7 +370,10 @@ def prepare(run, resume=False):
     task = tasks.get_task(run["task"])
     info = data.dataset_info(run["dataset"], data_dir=run["data_dir"], **run["dataset_options"])
     run["dataset_info"] = {"kind": info.kind, "options": info.options}
-    builder_kwargs = {**task.builder_kwargs(run, info), **run["model_kwargs"]}
+    from_data = task.builder_kwargs(run, info)
+    check_model_fits_data(run["model"], run["model_kwargs"], from_data, info.name)
+    check_batch_fits_data(run["batch_size"], info)
+    builder_kwargs = {**from_data, **run["model_kwargs"]}
     run["resolved_model_config"] = zoo.resolved_config(run["model"], **builder_kwargs)
     run["environment"] = environment()
     if cluster is None:
@@ -378,6 +389,43 @@ def prepare(run, resume=False):
     return Prepared(run=run, task=task, strategy=strategy, info=info, model=model,
                     initial_epoch=initial_epoch, steps_per_epoch=steps, cluster=cluster,
                     paths=distributed.OutputPaths(cluster))
+
+
+def check_model_fits_data(name, model_kwargs, from_data, dataset):
+    """Refuses a builder override that contradicts what the dataset sets (classes, input shape).
+
+    `from_data` is the task's ``builder_kwargs`` for the dataset; a ``None``
+    dimension of a given ``input_shape`` fits any size.
+    """
+    for key, expected in from_data.items():
+        if key not in model_kwargs or _fits(model_kwargs[key], expected):
+            continue
+        given = model_kwargs[key]
+        if key == "num_classes":
+            what = f"has {expected} classes (the model needs one output per class)"
+        elif key == "input_shape":
+            what = f"has inputs of shape {list(expected)} (height, width, channels)"
+        else:
+            what = f"sets {key}={expected!r}"
+        raise ValueError(f"Model '{name}' with {key}={given!r} does not fit dataset '{dataset}', which "
+                         f"{what}. Leave {key} out of --model-kwargs (the dataset sets it) or pick a "
+                         f"dataset that fits. Received: {key}={given!r}")
+
+
+def _fits(given, expected):
+    if isinstance(expected, (list, tuple)):
+        return (isinstance(given, (list, tuple)) and len(given) == len(expected)
+                and all(g is None or g == e for g, e in zip(given, expected)))
+    return given == expected
+
+
+def check_batch_fits_data(batch_size, info):
+    """Refuses a global batch larger than the training split (each epoch would be one smaller batch)."""
+    size = info.num_examples.get("train", 0)
+    if size and batch_size > size:
+        raise ValueError(f"`batch_size` must be at most the size of the training split: '{info.name}' has "
+                         f"{size} training examples, so every epoch would be one batch of {size}. "
+                         f"Received: batch_size={batch_size}")
 
 
 def build_checked(name, build, model_kwargs):
@@ -458,6 +506,7 @@ def _fit_phases(p, verbose, extra_callbacks):
             _sharded(p, task.train_data(run, start, phase["end"] - start)),
             epochs=phase["end"], initial_epoch=start, steps_per_epoch=p.steps_per_epoch,
             validation_data=validation, callbacks=callbacks, verbose=verbose,
+            shuffle=False,  # the tf.data pipeline shuffles (Keras would warn that it ignores True)
         )
         first_fit = False
         for key, values in fitted.history.items():
@@ -526,7 +575,8 @@ def _finish(p, history):
     if replicas > 1:
         set_synchronized_batchnorm(model, False)
     test_ds = _sharded(p, task.test_data(run))
-    results = model.evaluate(test_ds, return_dict=True, verbose=0)
+    with progress.stage(f"Evaluating on the whole '{run['dataset']}' test split"):
+        results = model.evaluate(test_ds, return_dict=True, verbose=0)
     epochs_here = history["epoch"]
     metrics = {
         "dataset": run["dataset"],
@@ -548,8 +598,9 @@ def _finish(p, history):
     if run["export"]:
         batch = task.example_inputs(next(iter(task.test_data(run))))
         metrics["export"] = run["export"]
-        metrics["export_max_abs_diff"] = export_saved_model(
-            task.export_model(model), p.paths.path(run["export"]), verify_batch=_first(batch, 8))
+        with progress.stage(f"Exporting the SavedModel to {run['export']} and checking it"):
+            metrics["export_max_abs_diff"] = export_saved_model(
+                task.export_model(model), p.paths.path(run["export"]), verify_batch=_first(batch, 8))
     write_json_atomic(p.paths.path(os.path.join(run["output"], "metrics.json")), _jsonable(metrics))
     return metrics
 
@@ -564,12 +615,13 @@ def _first(batch, n):
 def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_dir=None,
              batch_size=128, output=None, verbose="auto", analysis=None, report=None,
              analysis_batches=None):
-    """Evaluates a zoo model or a ``.keras`` checkpoint; returns and writes metrics.
+    """Evaluates a zoo model or a ``.keras`` checkpoint; returns the metrics and writes them.
 
     The metrics are those of the model's task (top-1 / top-5 for
     classifiers; what the recipe's ``"metrics"`` name otherwise). With
     `analysis`, the named analyses (`branchzoo.analysis.registry`) run on the
-    same model and `report` receives their PNGs and ``report.json``.
+    same model and `report` receives their PNGs and ``report.json``. Every
+    output location is checked before anything is loaded.
 
     Args:
         model: a zoo name (weights as in `branchzoo.load`), or None with
@@ -581,14 +633,19 @@ def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_
         data_dir: local data (default: the checkpoint run's, or
             ``$BRANCHZOO_DATA_DIR``).
         batch_size: evaluation batch size.
-        output: JSON file to write (default ``eval-<name>-<dataset>.json``).
+        output: JSON file to write. Default: with `checkpoint`,
+            ``eval-<checkpoint name>-<dataset>.json`` beside it, in its run
+            folder; with `model`, none (the metrics are only returned).
+        verbose: Keras' progress setting for the evaluation.
         analysis: analysis names (a list or ``"a,b"``), or None.
         report: folder for the analysis report (default
-            ``report-<name>-<dataset>``).
+            ``report-<name>-<dataset>``: beside the checkpoint, or in the
+            current folder for `model`).
         analysis_batches: at most this many batches per split for analyses.
 
     Returns:
-        dict with the task's metrics and what was evaluated.
+        dict with the task's metrics, what was evaluated and ``"output"``
+        (the JSON file written, or None).
     """
     import keras
 
@@ -604,6 +661,7 @@ def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_
         from branchzoo.analysis.registry import parse_analysis_names
 
         analysis = parse_analysis_names(analysis)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     if checkpoint is not None:
         if not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"`checkpoint` must be an existing .keras file. Received: {checkpoint!r}")
@@ -620,41 +678,55 @@ def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_
         entry = _entry_or_none(stored.get("model"))
         recipe = stored.get("recipe") or (entry or {}).get("recipe") or {}
         task = tasks.get_task(stored.get("task") or (tasks.task_for(entry).name if entry else "classification"))
-        try:
-            net = keras.models.load_model(checkpoint, compile=False)
-        except Exception as e:  # a truncated or foreign file: say which
-            raise ValueError(f"`checkpoint` {checkpoint!r} could not be loaded as a Keras model: {e}") from None
         label = os.path.splitext(os.path.basename(checkpoint))[0]
+        beside = os.path.dirname(os.path.abspath(checkpoint))
+        output = output or os.path.join(beside, f"eval-{label}-{dataset}.json")
         source = {"checkpoint": os.path.abspath(checkpoint)}
     else:
         entry = zoo.get_entry(model)
         options = entry["recipe"].get("dataset_options", {}) if dataset in (None, _recipe_dataset(entry)) else {}
         dataset = dataset or _recipe_dataset(entry)
         recipe, task = entry["recipe"], tasks.task_for(entry)
+        label, beside = entry["name"], ""
+        source = {"model": entry["name"], "weights": weights if weights != "default" else
+                  (entry.get("weights") or {}).get("file")}
+    if analysis:
+        report = report or os.path.join(beside, f"report-{label}-{dataset}")
+        check_writable(report, "report")
+    if output:
+        check_writable(output, "output", folder=False)
+
+    if checkpoint is not None:
+        try:
+            net = keras.models.load_model(checkpoint, compile=False)
+        except Exception as e:  # a truncated or foreign file: say which
+            raise ValueError(f"`checkpoint` {checkpoint!r} could not be loaded as a Keras model: {e}") from None
+        info = data.dataset_info(dataset, data_dir=data_dir, **options)
+    else:
         info = data.dataset_info(dataset, data_dir=data_dir, **options)
         kwargs = task.builder_kwargs({"dataset": dataset, "model": entry["name"]}, info)
         net = zoo.load(model, weights=weights, **kwargs)
-        label = entry["name"]
-        source = {"model": entry["name"], "weights": weights if weights != "default" else
-                  (entry.get("weights") or {}).get("file")}
-    batch_size = check_int(batch_size, "batch_size", minimum=1)
     run = {"dataset": dataset, "dataset_options": options, "data_dir": data_dir,
            "batch_size": batch_size, "seed": 0, "augment": False, "steps_per_epoch": None}
-    info = data.dataset_info(dataset, data_dir=data_dir, **options)
     task.compile_for_evaluation(net, recipe)
+    progress.say(f"Evaluating {label} on the '{dataset}' test split ({info.num_examples['test']} examples)")
     results = net.evaluate(task.test_data(run), return_dict=True, verbose=verbose)
     metrics = {**source, "dataset": dataset, "split": "test", **task.summarize(results),
                "environment": environment()}
-    output = output or f"eval-{label}-{dataset}.json"
     if analysis:
         from branchzoo.analysis.registry import run_analyses, write_report
 
-        report = report or f"report-{label}-{dataset}"
-        results = run_analyses(analysis, net, analysis_data(task, run, info, analysis_batches))
+        inputs = analysis_data(task, run, info, analysis_batches)
+        results = {}
+        for name in analysis:
+            with progress.stage(f"Analysis '{name}'"):
+                results.update(run_analyses([name], net, inputs))
         metrics["report"] = report
-        metrics["report_files"] = write_report(report, results, extra={"evaluated": dict(source, dataset=dataset)})
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    write_json_atomic(output, metrics)
+        with progress.stage(f"Writing the report to {report}"):
+            metrics["report_files"] = write_report(report, results, extra={"evaluated": dict(source, dataset=dataset)})
+    if output:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        write_json_atomic(output, metrics)
     metrics["output"] = output
     return metrics
 

@@ -579,7 +579,8 @@ def test_any_class_folder_tree_trains_as_pairs_at_the_given_size(tmp_path, monke
     os.rename(root / "test", root / "val")
     run = training.resolve_run_config(
         "branched_gan_tiny_digits", dataset="image_folder", data_dir=str(root), output=str(tmp_path / "run"),
-        dataset_options={"image_size": 16}, model_kwargs={"num_branches": 3})
+        dataset_options={"image_size": 16}, model_kwargs={"num_branches": 3},
+        batch_size=9)  # the whole training split: the recipe's 32 is more than it holds
     prepared = training.prepare(run)
     gan = prepared.model
     assert gan.generator.inputs[0].shape == (None, 16, 16, 3) and gan.num_branches == 3

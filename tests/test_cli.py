@@ -55,6 +55,12 @@ def run_in_process(cli, argv, capsys):
     (["--analysis", "nosuch"], ["Unknown analysis 'nosuch'"]),
     (["--analysis-every", "0"], ["analysis_every"]),
     (["--resume"], ["nothing to resume"]),
+    # A model or a batch that does not fit the dataset (digits: 10 classes, 32x32x3 images,
+    # 1,437 training images) is refused before training, naming both numbers.
+    (["--model-kwargs", "num_classes=3"], ["num_classes=3", "'digits'", "10 classes"]),
+    (["--model-kwargs", "input_shape=[32,32,1]"], ["input_shape=[32, 32, 1]", "[32, 32, 3]"]),
+    (["--model-kwargs", "input_shape=[28,28,3]"], ["input_shape=[28, 28, 3]", "[32, 32, 3]"]),
+    (["--batch-size", "100000"], ["batch_size=100000", "1437 training examples"]),
 ])
 def test_train_user_errors_exit_2_and_write_nothing(args, words, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("BRANCHZOO_DATA_DIR", raising=False)
@@ -65,6 +71,36 @@ def test_train_user_errors_exit_2_and_write_nothing(args, words, tmp_path, capsy
     for word in words:
         assert word in err
     assert not out.exists()  # nothing half-written
+
+
+def _unwritable(kind, tmp_path):
+    """A path no folder can be made at: below a plain file, below /proc, or a file itself."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    if kind == "proc":
+        if not os.path.isdir("/proc"):
+            pytest.skip("no /proc here")
+        return "/proc/nope/x"
+    return str(blocker / "x") if kind == "below_a_file" else str(blocker)
+
+
+@pytest.mark.parametrize("flag", ["--output", "--logdir", "--export"])
+@pytest.mark.parametrize("kind", ["proc", "below_a_file", "a_file"])
+def test_train_unwritable_paths_exit_2_before_training(flag, kind, tmp_path, capsys, monkeypatch):
+    from branchzoo import training
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(training, "run_prepared", no_training)
+    bad = _unwritable(kind, tmp_path)
+    out = tmp_path / "run"
+    args = ["--model", "mpnet", "--output", str(out), flag, bad]
+    code, err = run_in_process(TRAIN, args, capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"`{flag[2:]}`" in err and repr(bad) in err
+    assert not out.exists() and (tmp_path / "a_file").read_text() == "not a folder"
 
 
 def test_train_list_output(capsys):
@@ -137,6 +173,8 @@ def test_evaluate_checkpoint_reads_data_dir_from_its_run(trained_run, tmp_path, 
     (lambda run, tmp: ["--checkpoint", str(run / "model.keras"), "--analysis", "nope"], ["Unknown analysis 'nope'"]),
     (lambda run, tmp: ["--checkpoint", str(run / "model.keras"), "--batch-size", "0"], ["batch_size"]),
     (lambda run, tmp: ["--model", "mpnet", "--report", str(tmp / "r")], ["--report needs --analysis"]),
+    (lambda run, tmp: ["--checkpoint", str(run / "model.keras"), "--analysis", "saturation",
+                       "--report", _unwritable("below_a_file", tmp)], ["`report`", "is a file"]),
 ])
 def test_evaluate_user_errors_exit_2(make_args, words, trained_run, tmp_path, capsys):
     out = tmp_path / "eval.json"
@@ -146,6 +184,143 @@ def test_evaluate_user_errors_exit_2(make_args, words, trained_run, tmp_path, ca
     for word in words:
         assert word in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["proc", "below_a_file"])
+def test_evaluate_unwritable_output_exit_2_before_loading(kind, trained_run, tmp_path, capsys, monkeypatch):
+    import keras
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded")
+
+    monkeypatch.setattr(keras.models, "load_model", no_loading)
+    bad = _unwritable(kind, tmp_path)
+    code, err = run_in_process(EVALUATE, ["--checkpoint", str(trained_run / "model.keras"),
+                                          "--output", os.path.join(bad, "e.json")], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "`output`" in err
+
+
+class _Terminal:
+    """A stand-in for stderr on a terminal: progress lines are shown there."""
+
+    def __init__(self):
+        import io
+
+        self.buffer = io.StringIO()
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
+
+
+def test_evaluate_model_prints_and_writes_nothing_unasked(tmp_path, capsys, monkeypatch):
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    code = EVALUATE.main(["--model", "mpnet", "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0 and '"top1"' in printed and '"output": null' in printed
+    assert os.listdir(here) == []  # no eval-*.json in the current folder
+    assert terminal.buffer.getvalue() == ""  # --quiet: no progress, even on a terminal
+
+
+def test_evaluate_checkpoint_writes_beside_it_and_says_what_it_does(trained_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    run = tmp_path / "copy"
+    run.mkdir()
+    for name in ("model.keras", "config.json"):
+        shutil.copy(trained_run / name, run / name)
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    try:
+        code = EVALUATE.main(["--checkpoint", str(run / "model.keras"), "--batch-size", "4"])
+    finally:
+        monkeypatch.undo()
+    printed = capsys.readouterr().out
+    assert code == 0
+    written = run / "eval-model-image_folder.json"
+    assert read_json(written)["dataset"] == "image_folder"
+    assert os.listdir(here) == [] and str(written) in printed and '"top1"' in printed
+    assert "Evaluating model on the 'image_folder' test split (6 examples)" in terminal.buffer.getvalue()
+
+
+def test_decoding_a_dataset_says_so_on_a_terminal_unless_quiet(tmp_path, monkeypatch):
+    import io
+    import shutil
+
+    from branchzoo import _progress, data
+
+    monkeypatch.setenv("BRANCHZOO_HOME", str(tmp_path / "home"))
+    seen = {}
+    try:
+        for case, stream, quiet in (("terminal", _Terminal(), False), ("quiet", _Terminal(), True),
+                                    ("log file", io.StringIO(), False)):
+            data.clear_cache()
+            shutil.rmtree(tmp_path / "home", ignore_errors=True)
+            monkeypatch.setattr(sys, "stderr", stream)
+            _progress.set_quiet(quiet)
+            data.dataset_info("digits")  # decoded anew: the cache folder is empty
+            seen[case] = (stream.buffer if isinstance(stream, _Terminal) else stream).getvalue()
+    finally:
+        _progress.set_quiet(False)
+        monkeypatch.undo()
+        data.clear_cache()
+    assert "Decoding dataset 'digits'" in seen["terminal"] and "done in" in seen["terminal"]
+    assert "writing" in seen["terminal"]
+    assert seen["quiet"] == "" and seen["log file"] == ""
+
+
+def test_a_training_run_shows_no_python_warning(tmp_path, capsys):
+    """What Python shows by default (not the deprecation notes of libraries) stays empty."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, err = run_in_process(TRAIN, ["--model", "mpnet", "--dataset", "digits", "--epochs", "1",
+                                           "--steps-per-epoch", "2", "--batch-size", "32", *TINY,
+                                           "--output", str(tmp_path / "run"), "--quiet"], capsys)
+    assert code == 0, err
+    hidden_by_default = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+    shown = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})"
+             for w in caught if not issubclass(w.category, hidden_by_default)]
+    assert shown == []
+
+
+def test_readme_and_cards_agree():
+    """The README's 2-epoch figure is the card's; every card names a registered dataset."""
+    import re
+
+    import branchzoo
+    from branchzoo import data
+
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    figure = re.search(r"reached (\d+\.\d)% test top-1 after its 2 epochs", readme).group(1)
+    notes = branchzoo.model_card("mpnet_tiny_digits")["recipe"]["notes"]
+    assert f"after 2 epochs was 21% against {figure}% here" in notes
+    registered = set(data.list_datasets())
+    for name in branchzoo.list_models():
+        card = branchzoo.model_card(name)
+        assert {card["dataset"], card["recipe"].get("dataset", card["dataset"])} <= registered, name
+
+
+def test_readme_table_says_what_the_gan_headline_measures():
+    from branchzoo.publish import models_table
+
+    row = next(line for line in models_table().splitlines() if "`branched_gan_cifar10_catdog`" in line)
+    assert "discriminator accuracy" in row and "50% = fooled" in row
 
 
 def _lonely_copy(run, tmp):

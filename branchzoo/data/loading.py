@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from branchzoo import _progress as progress
 from branchzoo._home import branchzoo_home
 from branchzoo.data import cache, sources
 from branchzoo.data.resize import fit_images
@@ -176,14 +177,18 @@ def _load_full_record(options, data_dir):
     path = os.path.join(branchzoo_home(), "datasets", f"{spec.name}-{key}.npz")
     record = cache.memo_get(path) or cache.read_cache(path)
     if record is None:
-        images, labels, class_names = source.decode()
+        # Minutes for a large dataset, once: say so (cifar10 from its archive: over a minute).
+        with progress.stage(f"Decoding dataset '{spec.name}' (first use; later runs read {path})"):
+            images, labels, class_names = source.decode()
         image_size = params.get("image_size")
         if image_size is not None:
-            images = {split: fit_images(images[split], image_size) for split in SPLITS}
-        record = cache.make_image_record(
-            spec.name, images, labels, class_names if class_names is not None else spec.class_names
-        )
-        cache.write_cache(path, record)
+            with progress.stage(f"Resizing the '{spec.name}' images to {image_size} px"):
+                images = {split: fit_images(images[split], image_size) for split in SPLITS}
+        with progress.stage(f"Computing the train statistics and writing {path}"):
+            record = cache.make_image_record(
+                spec.name, images, labels, class_names if class_names is not None else spec.class_names
+            )
+            cache.write_cache(path, record)
     return cache.memo_put(path, record), path
 
 

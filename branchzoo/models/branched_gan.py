@@ -404,6 +404,8 @@ class ClassTransferGANTask(tasks.Task):
 
     name = TASK
     recipe_keys = ("generator", "discriminator", "log_images_every")
+    # d_acc measures the discriminator, not the generator: near 50% it cannot tell translations from reals.
+    metric_descriptions = {"d_acc": "discriminator accuracy on held-out real and translated images, 50% = fooled"}
 
     def _options(self, run):
         options = {"pairing": "target_class", "normalization": "symmetric", **run.get("dataset_options", {})}
