@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from branchzoo import _progress as progress
 from branchzoo._validation import check_int
 from branchzoo.analysis import extraction, plots, tail
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
@@ -209,6 +210,8 @@ def fit_probes(model, train_data, test_data, layers=None, max_train_examples=500
     for g, group in enumerate(groups):
         names = [info.name for info in group]
         t0 = time.perf_counter()
+        progress.say(f"Extracting features of {len(names)} layers from {len(train_y)} train and "
+                     f"{len(test_y)} test examples")
         train_f, _, _ = extraction.collect_features(model, (train_x, train_y), names, batch_size, pool_size)
         test_f, _, outputs = extraction.collect_features(model, (test_x, test_y), names, batch_size, pool_size)
         extract_seconds += time.perf_counter() - t0
@@ -216,6 +219,8 @@ def fit_probes(model, train_data, test_data, layers=None, max_train_examples=500
             model_accuracy = float(np.mean(np.argmax(outputs, axis=1) == test_y))
         t0 = time.perf_counter()
         for name in names:
+            done = len(accuracy)
+            progress.say(f"Fitting probe {done + 1} of {len(infos)} ({name}, {train_f[name][0].size} features)")
             acc, train_acc, converged = fit_probe(train_f[name], train_y, test_f[name], test_y,
                                                   C=C, max_iter=max_iter, standardize=standardize,
                                                   threads=threads)
