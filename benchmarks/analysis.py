@@ -1,55 +1,27 @@
-"""Time of the analysis tools (issue 12): CKA, saturation, probes, callback overhead.
+"""Time of the analysis tools: CKA, saturation, probes, callback overhead (four tables).
 
-    python benchmarks/analysis.py                                   # the issue's sizes
+1. `cka` (linear, debiased, `CKAAccumulator` over batches of 1,000) on random float32 features [n, d] against
+   one float64 Gram product: n x n ``x @ x.T`` (the CKA formulas') and d x d ``x.T @ x``.
+2. `layer_saturation` over an epoch of images of `--model` (random, or CIFAR-10 from ``--data-dir``), every
+   conv output and pathway sum, against plain inference on the same images.
+3. A full probe report (`fit_probes`): extraction and fitting.
+4. Each analysis as `AnalysisCallback` runs it at its default period, against one training epoch:
+   overhead = seconds per run / (period x seconds per epoch).
+
+    python benchmarks/analysis.py                                   # n = 10,000, d = 4,096, 50,000 images
     python benchmarks/analysis.py --cka-n 2000 --cka-d 1024 \\
         --epoch-examples 5000 --model-kwargs "widths=[16,32,64,128]"   # a reduced run
-
-Four tables, each with the command's settings in a comment line above it:
-
-1. `cka` on random float32 features [n, d] (default n = 10,000, d = 4,096;
-   activations are float32, the arithmetic float64), linear and debiased,
-   and `CKAAccumulator` over batches of 1,000, against one float64 Gram-matrix
-   product: the n x n ``x @ x.T`` (the Gram matrix the CKA formulas are
-   written with; Kornblith et al.'s code forms it) and the d x d
-   ``x.T @ x``. Target: linear CKA within 2x of one Gram product.
-2. `layer_saturation` over one CIFAR-10 epoch (default 50,000 images, random
-   data unless ``--data-dir`` has CIFAR-10) of `--model`: every conv output
-   and pathway sum, streamed; next to the model's plain inference time over
-   the same images.
-3. A full probe report (`fit_probes`, every conv output and pathway sum,
-   5,000 train / 2,000 test examples by default): extraction and fitting.
-4. Each analysis run by `AnalysisCallback` at its default period (with the
-   callback's default subsets: 5,000 train / 2,000 test examples), against
-   one training epoch of `--epoch-examples` images at `--batch-size`:
-   overhead = seconds per run / (period x seconds per epoch). Target: at
-   most 10%.
 """
 
 import argparse
-import os
-import platform
-import time
 
-from _args import positive_int  # benchmarks/_args.py (the script's folder is on sys.path)
+import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
-
-
-def timed(fn, repeats=1):
-    """Best wall time of `repeats` calls, and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+from _common import head, header, positive_int, row, timed
 
 
 def cka_table(n, d, repeats):
     from branchzoo.analysis import CKAAccumulator, cka
-
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, d), dtype=np.float32)
     y = (x[:, : d // 2] @ rng.standard_normal((d // 2, d), dtype=np.float32)
@@ -69,27 +41,21 @@ def cka_table(n, d, repeats):
     for label, fn in (("cka linear", lambda: cka(x, y)),
                       ("cka linear, debiased", lambda: cka(x, y, debiased=True)),
                       ("CKAAccumulator linear, batches of 1000", accumulate)):
-        seconds, _ = timed(fn, repeats)
-        rows.append((label, seconds))
+        rows.append((label, timed(fn, repeats)[0]))
     print(f"# CKA: x, y float32 [{n}, {d}], best of {repeats}")
-    print("| measurement | seconds | / Gram n x n | / Gram d x d |")
-    print("|---|---:|---:|---:|")
+    print(head("measurement", "seconds", "/ Gram n x n", "/ Gram d x d", align="lrrr"))
     for label, seconds in rows:
-        print(f"| {label} | {seconds:.3f} | {seconds / gram_nn:.2f} | {seconds / gram_dd:.2f} |", flush=True)
+        print(row(label, f"{seconds:.3f}", f"{seconds / gram_nn:.2f}", f"{seconds / gram_dd:.2f}"), flush=True)
 
 
 def _model_and_data(args, overrides):
     import branchzoo
-
     model = branchzoo.build(args.model, input_shape=(args.image_size, args.image_size, 3), num_classes=10,
                             **overrides)
     if args.data_dir:
         from branchzoo import data
-
-        def split(name):
-            return data.load_dataset("cifar10", name, args.batch_size, augment=False, shuffle=False,
-                                     data_dir=args.data_dir)
-        return model, split("train"), split("test")
+        return (model, *(data.load_dataset("cifar10", split, args.batch_size, augment=False, shuffle=False,
+                                           data_dir=args.data_dir) for split in ("train", "test")))
 
     def random_split(count, seed):
         r = np.random.default_rng(seed)
@@ -102,37 +68,32 @@ def saturation_table(args, model, train):
     from branchzoo.analysis import analysis_layers, layer_saturation
     from branchzoo.analysis.extraction import iterate_batches
 
-    count = len(analysis_layers(model))
-
     def inference():
         for x, _ in iterate_batches(train, args.batch_size):
             model.predict_on_batch(x)
 
     inference()  # trace
     plain, _ = timed(inference)
-    first = next(iterate_batches(train, args.batch_size))
-    layer_saturation(model, first, batch_size=args.batch_size)  # trace the extractor
+    layer_saturation(model, next(iterate_batches(train, args.batch_size)), batch_size=args.batch_size)  # trace
     sat, out = timed(lambda: layer_saturation(model, train, batch_size=args.batch_size))
     print(f"\n# saturation over one epoch of {out['samples']} images, {args.model} {args.model_kwargs or ''}, "
-          f"{count} layers, batch {args.batch_size}")
-    print("| measurement | seconds | / inference |")
-    print("|---|---:|---:|")
-    print(f"| model inference only | {plain:.2f} | 1.00 |")
-    print(f"| layer_saturation (extraction + covariance + eigen) | {sat:.2f} | {sat / plain:.2f} |", flush=True)
+          f"{len(analysis_layers(model))} layers, batch {args.batch_size}")
+    print(head("measurement", "seconds", "/ inference", align="lrr"))
+    print(row("model inference only", f"{plain:.2f}", "1.00"))
+    print(row("layer_saturation (extraction + covariance + eigen)", f"{sat:.2f}", f"{sat / plain:.2f}"), flush=True)
 
 
 def probes_table(args, model, train, test):
     from branchzoo.analysis import fit_probes
-
     seconds, result = timed(lambda: fit_probes(model, train, test, max_train_examples=args.probe_train,
                                                max_test_examples=args.probe_test, batch_size=args.batch_size))
-    print(f"\n# full probe report: {len(result.accuracy)} layers, {result.num_train} train / "
-          f"{result.num_test} test examples, {args.model} {args.model_kwargs or ''}")
-    print("| measurement | seconds | per layer |")
-    print("|---|---:|---:|")
+    layers = len(result.accuracy)
+    print(f"\n# full probe report: {layers} layers, {result.num_train} train / {result.num_test} test examples, "
+          f"{args.model} {args.model_kwargs or ''}")
+    print(head("measurement", "seconds", "per layer", align="lrr"))
     for key in ("extract", "fit"):
-        print(f"| {key} | {result.seconds[key]:.2f} | {result.seconds[key] / len(result.accuracy):.3f} |")
-    print(f"| total | {seconds:.2f} | {seconds / len(result.accuracy):.3f} |", flush=True)
+        print(row(key, f"{result.seconds[key]:.2f}", f"{result.seconds[key] / layers:.3f}"))
+    print(row("total", f"{seconds:.2f}", f"{seconds / layers:.3f}"), flush=True)
 
 
 def callback_table(args, model, train, test, names):
@@ -140,7 +101,6 @@ def callback_table(args, model, train, test, names):
 
     from branchzoo.analysis.registry import AnalysisData
     from branchzoo.callbacks import AnalysisCallback
-
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     if isinstance(train, tuple):
@@ -152,57 +112,50 @@ def callback_table(args, model, train, test, names):
     epoch, _ = timed(lambda: model.fit(**fit_data, epochs=1, verbose=0))
     callback = AnalysisCallback(names, AnalysisData(train=train, test=test, num_classes=10))
     callback.set_model(model)
-    start = time.perf_counter()
-    callback.on_train_begin()
-    prepare = time.perf_counter() - start
+    prepare, _ = timed(callback.on_train_begin)
     print(f"\n# callback overhead: one epoch of {args.epoch_examples} images at batch {args.batch_size} = "
           f"{epoch:.2f} s; drawing the callback's subsets once: {prepare:.2f} s")
-    print("| analysis | period (epochs) | seconds per run | overhead per epoch |")
-    print("|---|---:|---:|---:|")
+    print(head("analysis", "period (epochs)", "seconds per run", "overhead per epoch", align="lrrr"))
     for name in names:
         callback.run([name], 0)  # first run traces the extractor
         seconds, _ = timed(lambda: callback.run([name], 0))
         period = callback.periods[name]
-        print(f"| {name} | {period} | {seconds:.2f} | {100 * seconds / (period * epoch):.1f}% |", flush=True)
+        print(row(name, period, f"{seconds:.2f}", f"{100 * seconds / (period * epoch):.1f}%"), flush=True)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cka-n", type=positive_int, default=10_000, help="examples for the CKA timing")
-    p.add_argument("--cka-d", type=positive_int, default=4096, help="features for the CKA timing")
-    p.add_argument("--repeats", type=positive_int, default=1, help="CKA timings: best of this many")
-    p.add_argument("--model", default="mpnet2_1x3_2x7_cifar10", help="zoo model for tables 2-4")
-    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="builder overrides, e.g. widths=[16,32,64,128]")
-    p.add_argument("--image-size", type=positive_int, default=32)
-    p.add_argument("--epoch-examples", type=positive_int, default=50_000,
-                   help="images in one epoch (random data; with --data-dir the CIFAR-10 train split)")
-    p.add_argument("--data-dir", help="CIFAR-10 (as branchzoo.data reads it) instead of random images")
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--probe-train", type=positive_int, default=5000)
-    p.add_argument("--probe-test", type=positive_int, default=2000)
-    p.add_argument("--analyses", default="saturation,gradients,cka,probes",
-                   help="analyses for the callback table")
-    p.add_argument("--skip", default="", help="tables to leave out: any of cka,saturation,probes,callback")
+    add = p.add_argument
+    add("--cka-n", type=positive_int, default=10_000, help="examples for the CKA timing")
+    add("--cka-d", type=positive_int, default=4096, help="features for the CKA timing")
+    add("--repeats", type=positive_int, default=1, help="CKA timings: best of this many")
+    add("--model", default="mpnet2_1x3_2x7_cifar10", help="zoo model for tables 2-4")
+    add("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="builder overrides, e.g. widths=[16,32]")
+    add("--image-size", type=positive_int, default=32)
+    add("--epoch-examples", type=positive_int, default=50_000,
+        help="images in one epoch (random data; with --data-dir the CIFAR-10 train split)")
+    add("--data-dir", help="CIFAR-10 (as branchzoo.data reads it) instead of random images")
+    add("--batch-size", type=positive_int, default=128)
+    add("--probe-train", type=positive_int, default=5000)
+    add("--probe-test", type=positive_int, default=2000)
+    add("--analyses", default="saturation,gradients,cka,probes", help="analyses for the callback table")
+    add("--skip", default="", help="tables to leave out: any of cka,saturation,probes,callback")
     args = p.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
     unknown = skip - {"cka", "saturation", "probes", "callback"}
     if unknown:
         p.error(f"--skip: expected names among cka,saturation,probes,callback, got {sorted(unknown)}")
 
-    import keras
-    import tensorflow as tf
+    import keras  # noqa: F401  (TensorFlow started by Keras, before branchzoo: its own oneDNN default)
 
     from branchzoo.analysis.registry import parse_analysis_names
     from branchzoo.training import parse_model_kwargs
-
     try:
         names = parse_analysis_names(args.analyses)
     except ValueError as e:
         p.error(f"--analyses: {e}")
     overrides = parse_model_kwargs(args.model_kwargs)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, "
-          f"Keras {keras.__version__} ({keras.config.backend()}), GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    print(header())
     if "cka" not in skip:
         cka_table(args.cka_n, args.cka_d, args.repeats)
     if skip >= {"saturation", "probes", "callback"}:

@@ -11,7 +11,7 @@ from conftest import REPO
 from test_train import run_cli
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-from _probes import FORCE_ENV, NOT_AVAILABLE, tf_grouped_conv_trains  # noqa: E402
+from grouped_conv import FORCE_ENV, NOT_AVAILABLE, tf_grouped_conv_trains  # noqa: E402
 
 NUMBER = r"[0-9][0-9,.]*"
 QUICK = ["--repeats", "1", "--block", "1"]  # one timed step per method: smoke tests, not timings
@@ -41,8 +41,8 @@ def assert_ratio_of_rounded(ratio_cell, numerator, denominator):
 
 
 @pytest.mark.slow  # a model traced in a child process, 10-15 s
-def test_train_throughput_prints_a_row_per_model():
-    proc = run_cli("benchmarks/train_throughput.py", "--models", "mpnet_tiny*",
+def test_train_step_throughput_prints_a_row_per_model():
+    proc = run_cli("benchmarks/train_step.py", "--throughput", "--models", "mpnet_tiny*",
                    "--image-size", "16", "--batch-size", "4", "--steps", "2",
                    "--model-kwargs", "widths=[4,4,8,8]", "pathways=[[1,3],[1,5]]", "blocks_per_stage=1")
     rows = table_rows(proc.stdout)
@@ -57,8 +57,8 @@ def test_train_throughput_prints_a_row_per_model():
 
 
 @pytest.mark.slow  # a model traced in a child process
-def test_train_throughput_names_any_family_as_the_readme_table_does():
-    proc = run_cli("benchmarks/train_throughput.py", "--models", "resnext_full_tiny_cifar10",
+def test_train_step_throughput_names_any_family_as_the_readme_table_does():
+    proc = run_cli("benchmarks/train_step.py", "--throughput", "--models", "resnext_full_tiny_cifar10",
                    "--image-size", "16", "--batch-size", "4", "--steps", "2",
                    "--model-kwargs", "stage_widths=[8,8,8]", "stem_width=8")
     rows = table_rows(proc.stdout)
@@ -67,8 +67,8 @@ def test_train_throughput_names_any_family_as_the_readme_table_does():
     assert "{20,4,8}" in rows[0][1].replace(" ", ""), rows[0][1]
 
 
-def test_train_throughput_unknown_pattern_is_named():
-    proc = run_cli("benchmarks/train_throughput.py", "--models", "nope*", check=False)
+def test_train_step_throughput_unknown_pattern_is_named():
+    proc = run_cli("benchmarks/train_step.py", "--throughput", "--models", "nope*", check=False)
     assert proc.returncode != 0
     assert "--models" in proc.stderr and "nope*" in proc.stderr
 
@@ -133,31 +133,9 @@ def test_grouped_conv_runs_on_the_torch_backend(monkeypatch):
     assert float(rows[0][columns.index("GroupedConv2D ms")]) > 0
 
 
-def test_grouped_conv_alternatives_check_and_time_every_route(tf_grouped_trains):
-    # run_cli fails the test on a non-zero exit: the script exits non-zero when any route's output, input
-    # gradient or kernel gradient differs from the block-diagonal dense convolution's by more than 1e-5 relative
-    proc = run_cli("benchmarks/grouped_conv_alternatives.py", "--shapes", "r8x8d_s3,r8x8d_s3_down",
-                   "--batch-size", "2", *QUICK)
-    rows = {row[0]: row for row in table_rows(proc.stdout)}
-    assert set(rows) == {"r8x8d_s3", "r8x8d_s3_down"}
-    columns = table_columns(proc.stdout)
-    stride1, stride2 = rows["r8x8d_s3"], rows["r8x8d_s3_down"]
-    # Winograd is built for stride 1, space-to-depth for stride 2: each row times the routes that apply
-    for row, timed, absent in ((stride1, "winograd", "space_to_depth"), (stride2, "space_to_depth", "winograd")):
-        split = float(row[columns.index("split ms")])
-        for route in ("tf_grouped", timed) if tf_grouped_trains else (timed,):
-            ms = float(row[columns.index(f"{route} ms")])
-            assert ms > 0 and split > 0
-            assert_ratio_of_rounded(row[columns.index(f"{route} / split")], ms, split)
-        assert row[columns.index(f"{absent} ms")] == "-"
-        if not tf_grouped_trains:
-            assert row[columns.index("tf_grouped ms")] == NOT_AVAILABLE
-            assert row[columns.index("tf_grouped / split")] == "-"
-
-
 @pytest.mark.parametrize("script, flag", [("benchmarks/grouped_conv.py", "--repeats"),
-                                          ("benchmarks/grouped_conv_alternatives.py", "--block"),
-                                          ("benchmarks/train_throughput.py", "--steps")])
+                                          ("benchmarks/resnext_step.py", "--block"),
+                                          ("benchmarks/train_step.py", "--steps")])
 def test_benchmark_arguments_are_checked(script, flag):
     proc = run_cli(script, flag, "0", check=False)
     assert proc.returncode == 2
@@ -227,60 +205,14 @@ def test_resnext_step_breakdown_times_every_module_and_gate():
     assert abs(float(rows["all"][5]) - sum(modules)) <= 0.2
 
 
-def test_gated_layout_checks_the_blocks_first_module_then_times_three_variants():
-    proc = run_cli("benchmarks/gated_layout.py", "--cardinality", "4", "--width", "2", "--filters", "8",
-                   "--fan-in", "2", "--image-size", "8", "--batch-size", "2", "--rounds", "1", "--block", "1")
-    assert "blocks-first reproduces the built module + gate" in proc.stdout
-    rows = {row[0]: row for row in table_rows(proc.stdout)}
-    assert list(rows) == ["Fixed-Full module (form C)", "gated module + gate, as built",
-                          "gated module + gate, blocks-first"]
-    # inputs by hand: one shared 8-channel input; 4 blocks of 8 channels side by side; blocks first
-    assert [rows[name][1] for name in rows] == ["[2, 8, 8, 8]", "[2, 8, 8, 32]", "[2, 4, 8, 8, 8]"]
-    ms = {name: float(row[2]) for name, row in rows.items()}
-    assert min(ms.values()) > 0
-    for name, row in rows.items():
-        assert_ratio_of_rounded(row[3], ms[name], ms["Fixed-Full module (form C)"])
-        assert_ratio_of_rounded(row[4], ms[name], ms["gated module + gate, as built"])
-
-
-def test_gated_layout_blocks_first_is_the_built_function():
-    """The benchmark's blocks-first module against the built layers (the check the script makes, here
-    with gates other than the script's and a second block width)."""
-    import gated_layout
-    from keras import ops
-
-    from branchzoo.layers import GatedConnect, ResNeXtModule
-
-    C, w, f, n, s = 4, 3, 5, 3, 6
-    rng = np.random.default_rng(7)
-    wide = rng.standard_normal((n, s, s, C * f)).astype("float32")
-    module = ResNeXtModule(C, w, f)
-    module.build(wide.shape)
-    for seed, fan_in in ((1, 1), (2, 3)):
-        gate = GatedConnect(C, fan_in, connectivity="random", seed=seed)
-        expected = np.asarray(gate(module(wide, training=True)))
-        blocks = ops.convert_to_tensor(gated_layout.to_blocks_first(wide, C))
-        # block j of sample i at pixel (y, x) is channels j*f .. (j+1)*f of the wide input, by hand
-        np.testing.assert_array_equal(np.asarray(blocks)[1, 2, 3, 4], wide[1, 3, 4, 2 * f:3 * f])
-
-        def run(gates):
-            out = gated_layout.blocks_first(module, blocks, ops.convert_to_tensor(gates))
-            return gated_layout.to_channels(np.asarray(out))
-
-        np.testing.assert_allclose(run(gate.binary_gates()), expected, rtol=1e-4, atol=1e-4)
-        # a different gate matrix gives a different output: the comparison can fail
-        other = np.roll(gate.binary_gates(), 1, axis=1)
-        assert np.abs(run(other) - expected).max() > 1e-2
-
-
 def test_resnext_step_arguments_are_checked():
     proc = run_cli("benchmarks/resnext_step.py", "--fan-in", "9", check=False)
     assert proc.returncode == 2 and "--fan-in" in proc.stderr and "9" in proc.stderr
     proc = run_cli("benchmarks/resnext_step.py", "--stage-widths", "8,8", check=False)
     assert proc.returncode == 2 and "--stage-widths" in proc.stderr and "'8,8'" in proc.stderr
 @pytest.mark.slow
-def test_gan_throughput_prints_a_row_per_model():
-    proc = run_cli("benchmarks/gan_throughput.py", "--models", "branched_gan_tiny*", "--batch-size", "4",
+def test_train_step_throughput_of_a_gan_prints_its_two_networks():
+    proc = run_cli("benchmarks/train_step.py", "--throughput", "--models", "branched_gan_tiny*", "--batch-size", "4",
                    "--steps", "2", "--model-kwargs", "dim_in=4", "max_dim=8", "discriminator_dim_in=4")
     rows = table_rows(proc.stdout)
     assert [row[0] for row in rows] == ["branched_gan_tiny_digits"]
@@ -294,7 +226,7 @@ def test_gan_throughput_prints_a_row_per_model():
 
 @pytest.mark.slow  # needs torch (not on CI); beside TensorFlow in the suite's process it took 35-58 s
 @pytest.mark.parametrize("name, expected", [
-    ("mpnet_tiny_digits", 1_108_978),          # issue 15's count, the same in both frameworks
+    ("mpnet_tiny_digits", 1_108_978),          # benchmarks/README.md's count, the same in both frameworks
     ("resnext_gated_tiny_cifar10", None),
     ("modular_mlp_256x4", None),
 ])
