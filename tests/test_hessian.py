@@ -1,5 +1,7 @@
 """Gradient and Hessian of a branched model split by branch (000, Secs. 5 and 8), against float64 NumPy by hand."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -240,7 +242,10 @@ def test_experiment_script_writes_figure_and_table(tmp_path):
     spec.loader.exec_module(script)
     script.main(["--branches", "2", "--hidden", "2", "--steps", "4", "--every", "2", "--seeds", "0,1",
                  "--output", str(tmp_path)])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["branch_hessian.md", "branch_hessian.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["branch_hessian.json", "branch_hessian.md",
+                                                          "branch_hessian.png"]
+    final = json.loads((tmp_path / "branch_hessian.json").read_text())["final"]
+    assert [(r["output_activation"], r["seed"]) for r in final] == [("none", 0), ("none", 1), ("relu", 0), ("relu", 1)]
     table = (tmp_path / "branch_hessian.md").read_text()
     assert "| 0 |" in table and "| 4 |" in table and "activation='relu'" in table
     finals = [line for line in table.splitlines() if line.startswith(("| none |", "| relu |"))]
