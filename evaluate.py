@@ -6,10 +6,11 @@
     python evaluate.py --model mpnet_tiny_digits --analysis probes,saturation --report report/
 
 Prints the model task's metrics (loss, top-1, top-5 for classifiers) and
-writes them as JSON to --output, by default beside a --checkpoint (in its
-run folder, eval-<checkpoint name>-<dataset>.json); with --model and no
---output nothing is written. With --analysis, --report DIR receives one
-PNG per figure and report.json with every number.
+the precision the model computes in (a checkpoint keeps its run's
+--precision), and writes them as JSON to --output, by default beside a
+--checkpoint (in its run folder, eval-<checkpoint name>-<dataset>.json);
+with --model and no --output nothing is written. With --analysis, --report
+DIR receives one PNG per figure and report.json with every number.
 """
 
 import argparse
@@ -58,7 +59,8 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as e:  # bad name, missing data/checkpoint/weights
         p.exit(2, f"{p.prog}: error: {e}\n")
     scores = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()) + f"  ({metrics['dataset']} test)")
+    print("  ".join(f"{k} {v:.4f}" for k, v in scores.items())
+          + f"  ({metrics['dataset']} test, {metrics['precision']})")
     print(json.dumps({k: v for k, v in metrics.items() if k != "environment"}, indent=2))
     if metrics["output"]:
         print(f"Metrics in {metrics['output']}")

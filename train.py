@@ -58,6 +58,10 @@ def build_parser():
                    help="split the CPU into N logical devices (MirroredStrategy without GPUs)")
     p.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
                    help="XLA compilation of the train step (auto: Keras' choice)")
+    p.add_argument("--precision", metavar="P",
+                   help="float32 | mixed_bfloat16 | mixed_float16: the Keras dtype policy the model is "
+                        "built and trained under (mixed: float32 variables, 16-bit compute; "
+                        "mixed_float16 with loss scaling). Default: the recipe's, else float32")
     p.add_argument("--analysis", metavar="A,B",
                    help="log these analyses (branchzoo.analysis) to TensorBoard during training")
     p.add_argument("--analysis-every", type=int, metavar="N",
@@ -128,7 +132,8 @@ def _resolve(training, args):
         cpu_devices=args.cpu_devices, logdir=args.logdir, output=args.output,
         export=args.export, augment=args.augment, deterministic=args.deterministic,
         validate=args.validate, steps_per_epoch=args.steps_per_epoch,
-        jit_compile=args.jit_compile, analysis=args.analysis, analysis_every=args.analysis_every,
+        jit_compile=args.jit_compile, precision=args.precision,
+        analysis=args.analysis, analysis_every=args.analysis_every,
         dataset_options={"image_size": args.image_size} if args.image_size is not None else None,
     )
 

@@ -39,13 +39,15 @@ def save_keras_atomic(model, path):
     return path
 
 
-def export_saved_model(model, path, verify_batch=None, atol=1e-5):
+def export_saved_model(model, path, verify_batch=None, atol=1e-5, rtol=0.0):
     """Exports `model` as a TF SavedModel (``serve`` endpoint) atomically.
 
     The export is written to a temp folder beside `path` and renamed into
     place once complete. With `verify_batch`, the exported ``serve`` output is
     compared with the Keras model's (inference mode) and an error is raised
-    when they differ by more than `atol`.
+    when they differ by more than ``atol + rtol * max|Keras output|`` (a
+    mixed-precision model's graph may fuse and round its 16-bit ops
+    differently from the eager call: `branchzoo.precision.relative_tolerance`).
 
     Args:
         model: a Keras model (TensorFlow backend).
@@ -55,6 +57,7 @@ def export_saved_model(model, path, verify_batch=None, atol=1e-5):
             (e.g. a generator's ``[images, target_classes]``), which the
             ``serve`` endpoint takes as one list.
         atol: largest allowed absolute difference.
+        rtol: allowed difference relative to the largest output magnitude.
 
     Returns:
         The largest absolute difference found (0.0 when not verified).
@@ -76,12 +79,13 @@ def export_saved_model(model, path, verify_batch=None, atol=1e-5):
                 served = reloaded.serve([tf.constant(part) for part in verify_batch])
             else:
                 served = reloaded.serve(tf.constant(verify_batch))
-            expected = model(verify_batch, training=False)
-            diff = float(np.max(np.abs(np.asarray(served) - np.asarray(expected))))
-            if not diff <= atol:
+            expected = np.asarray(model(verify_batch, training=False))
+            diff = float(np.max(np.abs(np.asarray(served) - expected)))
+            allowed = atol + rtol * float(np.max(np.abs(expected))) if rtol else atol
+            if not diff <= allowed:
                 raise ValueError(
                     f"The exported SavedModel's output differs from the Keras model's "
-                    f"by {diff:.3g} (allowed {atol}); nothing was written to {path}."
+                    f"by {diff:.3g} (allowed {allowed:.3g}); nothing was written to {path}."
                 )
         _replace_path(target, path)
     finally:

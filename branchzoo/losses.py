@@ -32,7 +32,10 @@ classifier of 000_a8fb4f73aa903839.txt, Sec. 6: cross-entropy against a
 target that is not one-hot but the softmax of class-indicating values inside
 the logits' clamp range (see its docstring).
 
-Everything here is ``keras.ops`` only.
+Everything here is ``keras.ops`` only, and computes in float32 at least
+whatever the dtype policy: 16-bit predictions (a mixed-precision model's)
+are cast up before the mean over modules, the log-normaliser and the
+softmax.
 
     >>> import numpy as np
     >>> loss = ModularLoss(lambda_=0.95)
@@ -47,6 +50,7 @@ import keras
 from keras import ops
 
 from branchzoo.layers.branch_sum import normalize_clamp
+from branchzoo.precision import upcast
 
 PAPER = "004_226906bbadadb648.txt"
 FAMILIES = ("categorical", "gaussian", "poisson")
@@ -146,7 +150,7 @@ def kl_divergence(eta_p, eta_q, family):
 
 
 def _modules_axis_stats(y_true, y_pred, family):
-    y_pred = ops.convert_to_tensor(y_pred)
+    y_pred = upcast(y_pred)
     _check_pred(y_pred)
     y = target_statistics(y_true, y_pred.shape[-1], family, dtype=y_pred.dtype)
     return y, y_pred
@@ -177,7 +181,7 @@ def ambiguity(y_pred, family="categorical"):
         ``[batch]``; zero when every module predicts the same.
     """
     check_family(family)
-    y_pred = ops.convert_to_tensor(y_pred)
+    y_pred = upcast(y_pred)
     _check_pred(y_pred)
     eta_bar = ops.mean(y_pred, axis=1, keepdims=True)
     return ops.mean(kl_divergence(eta_bar, y_pred, family), axis=1)
@@ -274,7 +278,7 @@ def clamped_target(y_true, num_classes, logit_clamp, dtype="float32"):
 
 def clamped_target_crossentropy(y_true, y_pred, logit_clamp):
     """Per-example cross-entropy of the logits `y_pred` ``[batch, K]`` against `clamped_target`, ``[batch]``."""
-    y_pred = ops.convert_to_tensor(y_pred)
+    y_pred = upcast(y_pred)
     if len(y_pred.shape) != 2:
         raise ValueError(
             "`ClampedTargetCrossentropy` expects logits `y_pred` of shape [batch, num_classes]. "
@@ -398,6 +402,7 @@ class EnsembleAccuracy(_MeanMetric):
         self.k = int(k)
 
     def per_example(self, y_true, y_pred):
+        y_pred = upcast(y_pred)
         _check_pred(y_pred)
         return ops.cast(ops.in_top_k(_labels(y_true), ops.mean(y_pred, axis=1), self.k), self.dtype)
 

@@ -18,7 +18,9 @@ The recipe itself (a zoo entry's ``"recipe"``) may hold:
   top-1 / top-5 accuracy;
 - ``"phases"``: training phases run one after the other, each
   ``{"name", "epochs", ...optimizer settings..., "layer_attrs": {pattern:
-  {attribute: value}}, "trainable": {pattern: bool}}``; see `resolve_phases`.
+  {attribute: value}}, "trainable": {pattern: bool}}``; see `resolve_phases`;
+- ``"precision"``: the dtype policy the model is built and trained under
+  (`branchzoo.precision.PRECISIONS`; default ``"float32"``).
 
     >>> from branchzoo.tasks import get_task
     >>> get_task("classification").name
@@ -39,11 +41,12 @@ OPTIMIZER_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay",
 
 # Recipe keys every task reads (a task adds its own in `Task.recipe_keys`).
 RECIPE_KEYS = ("task", "dataset", "dataset_options", "epochs", "batch_size", "augment", "phases",
-               "loss", "metrics", "headline_metric", "jit_compile", "command", "notes", *OPTIMIZER_KEYS)
+               "loss", "metrics", "headline_metric", "jit_compile", "precision", "command", "notes",
+               *OPTIMIZER_KEYS)
 
 
 def check_recipe(recipe, task, name):
-    """Rejects a recipe key that no code reads and an ``augment`` the pipeline does not implement.
+    """Rejects recipe keys no code reads, an ``augment`` the pipeline lacks and an unknown ``precision``.
 
     A typo in a recipe must not silently train something else.
     """
@@ -55,6 +58,12 @@ def check_recipe(recipe, task, name):
             f"Recipe of '{name}' has keys that nothing reads: {unknown}. A recipe of the "
             f"{task.name!r} task may set {sorted(set(RECIPE_KEYS) | set(task.recipe_keys))}."
         )
+    if "precision" in recipe:
+        from branchzoo.precision import PRECISIONS
+
+        if recipe["precision"] not in PRECISIONS:
+            raise ValueError(f"Recipe of '{name}': `precision` must be one of {PRECISIONS}. "
+                             f"Received: precision={recipe['precision']!r}")
     augment = recipe.get("augment", "pad_crop")
     if augment is not False and augment not in AUGMENTS:
         raise ValueError(

@@ -16,7 +16,7 @@ import platform
 import numpy as np
 
 from branchzoo import _progress as progress
-from branchzoo import distributed, tasks, zoo
+from branchzoo import distributed, precision as precisions, tasks, zoo
 from branchzoo._io import check_writable, write_json_atomic
 from branchzoo._validation import check_int
 from branchzoo.callbacks import AtomicBackupAndRestore, TensorBoard
@@ -27,7 +27,7 @@ STRATEGIES = ("auto", "mirrored", "default", "multiworker")
 # Run settings that a --resume must keep (the rest may change freely).
 _RESUME_KEYS = ("model", "dataset", "data_dir", "epochs", "batch_size", "lr", "seed",
                 "model_kwargs", "strategy", "cpu_devices", "steps_per_epoch", "augment",
-                "deterministic", "recipe", "task", "dataset_options")
+                "deterministic", "recipe", "task", "dataset_options", "precision")
 JIT_COMPILE = ("auto", "on", "off")
 
 
@@ -183,12 +183,16 @@ def resolve_run_config(
     analysis=None,
     analysis_every=None,
     dataset_options=None,
+    precision=None,
 ):
     """The full run config: the zoo entry's recipe with the given overrides.
 
     ``dataset_options`` (`branchzoo.data` options: ``image_size``,
     ``classes``, ...) are the recipe's when the run uses the recipe's
-    dataset, updated with the given ones.
+    dataset, updated with the given ones. ``precision`` (one of
+    `branchzoo.precision.PRECISIONS`) is the dtype policy the model is
+    built and trained under: the recipe's ``"precision"`` when None, else
+    ``"float32"``.
 
     Checks every value (ValueError naming the argument) but touches no file.
     """
@@ -227,6 +231,8 @@ def resolve_run_config(
     if recipe.get("jit_compile", "auto") not in JIT_COMPILE:
         raise ValueError(f"Recipe of '{name}': `jit_compile` must be one of {JIT_COMPILE}. "
                          f"Received: jit_compile={recipe['jit_compile']!r}")
+    precision = precisions.check_precision(
+        precision if precision is not None else recipe.get("precision", precisions.DEFAULT))
     if analysis:
         from branchzoo.analysis.registry import parse_analysis_names
 
@@ -251,6 +257,7 @@ def resolve_run_config(
         "validate": bool(validate),
         "steps_per_epoch": steps_per_epoch,
         "jit_compile": jit_compile,
+        "precision": precision,
         "analysis": analysis or None,
         "analysis_every": (None if analysis_every is None
                            else check_int(analysis_every, "analysis_every", minimum=1)),
@@ -378,7 +385,8 @@ def prepare(run, resume=False):
     run["environment"] = environment()
     if cluster is None:
         strategy = make_strategy(run["strategy"])
-    with strategy.scope():
+    # Layers take the policy when they are made; it is Keras' global one only while building.
+    with strategy.scope(), precisions.dtype_policy(run.get("precision", precisions.DEFAULT)):
         model = build_checked(run["model"], lambda: task.build(run, builder_kwargs), run["model_kwargs"])
         if strategy.num_replicas_in_sync > 1:
             _check_batch_split(run["batch_size"], strategy.num_replicas_in_sync)
@@ -600,7 +608,8 @@ def _finish(p, history):
         metrics["export"] = run["export"]
         with progress.stage(f"Exporting the SavedModel to {run['export']} and checking it"):
             metrics["export_max_abs_diff"] = export_saved_model(
-                task.export_model(model), p.paths.path(run["export"]), verify_batch=_first(batch, 8))
+                task.export_model(model), p.paths.path(run["export"]), verify_batch=_first(batch, 8),
+                rtol=precisions.relative_tolerance(run.get("precision", precisions.DEFAULT)))
     write_json_atomic(p.paths.path(os.path.join(run["output"], "metrics.json")), _jsonable(metrics))
     return metrics
 
@@ -644,8 +653,10 @@ def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_
         analysis_batches: at most this many batches per split for analyses.
 
     Returns:
-        dict with the task's metrics, what was evaluated and ``"output"``
-        (the JSON file written, or None).
+        dict with the task's metrics, what was evaluated, ``"precision"``
+        (the dtype policy the model computes in: a checkpoint keeps the one
+        it was trained under; `branchzoo.precision.model_precision`) and
+        ``"output"`` (the JSON file written, or None).
     """
     import keras
 
@@ -712,7 +723,7 @@ def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_
     progress.say(f"Evaluating {label} on the '{dataset}' test split ({info.num_examples['test']} examples)")
     results = net.evaluate(task.test_data(run), return_dict=True, verbose=verbose)
     metrics = {**source, "dataset": dataset, "split": "test", **task.summarize(results),
-               "environment": environment()}
+               "precision": precisions.model_precision(net), "environment": environment()}
     if analysis:
         from branchzoo.analysis.registry import run_analyses, write_report
 

@@ -54,6 +54,7 @@ def run_in_process(cli, argv, capsys):
     (["--cpu-devices", "0"], ["cpu_devices", "cpu_devices=0"]),
     (["--analysis", "nosuch"], ["Unknown analysis 'nosuch'"]),
     (["--analysis-every", "0"], ["analysis_every"]),
+    (["--precision", "float16"], ["`precision` must be one of", "mixed_bfloat16", "precision='float16'"]),
     (["--resume"], ["nothing to resume"]),
     # A model or a batch that does not fit the dataset (digits: 10 classes, 32x32x3 images,
     # 1,437 training images) is refused before training, naming both numbers.

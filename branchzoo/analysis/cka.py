@@ -29,6 +29,7 @@ All arithmetic is float64.
 import numpy as np
 
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
+from branchzoo.precision import to_numpy
 
 KERNELS = ("linear", "rbf")
 
@@ -39,7 +40,7 @@ def _check_kernel(kernel):
 
 
 def _as_matrix(x, name):
-    x = np.asarray(x)
+    x = to_numpy(x)
     if x.ndim < 2:
         raise ValueError(
             f"`{name}` must be a feature matrix [examples, features] (or [examples, ...], "

@@ -19,6 +19,7 @@ Figures; the ``"decomposition"`` analysis runs them on a model holding a
 import numpy as np
 
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
+from branchzoo.precision import to_numpy
 
 
 def branch_energy(branches):
@@ -90,8 +91,8 @@ def decomposition_figure(inputs, outputs, branches, smooth, source_names=None, t
     """
     from matplotlib.figure import Figure
 
-    inputs, outputs, smooth = np.asarray(inputs), np.asarray(outputs), np.asarray(smooth)
-    branches = np.asarray(branches)
+    inputs, outputs, smooth = to_numpy(inputs), to_numpy(outputs), to_numpy(smooth)
+    branches = to_numpy(branches)
     rows, n = branches.shape[0], branches.shape[1]
     columns = ["input", "S(x)"] + [f"branch {i + 1}" for i in range(n)] + ["output"]
     if energies is not None:
@@ -203,7 +204,7 @@ def decompose_batches(generator, batches, num_classes, max_batches=None):
         for key, value in (("images", images), ("source", source), ("target", target)):
             parts[key].append(value)
         for key in ("image", "branches", "smooth"):
-            parts[key].append(np.asarray(out[key]))
+            parts[key].append(to_numpy(out[key]))
         if generator.smoothing == "learned":
             residuals, final = generator.smoother.decompose(images)
             total = np.sum(np.asarray(residuals, "float64"), axis=1) + np.asarray(final, "float64")

@@ -14,7 +14,9 @@ model (not only MPNets):
   draws p_l,min and p_l,max as separate sequences, Sec. 4);
 - `iterate_features` runs the model in inference mode (BatchNormalization
   does not update) and yields each batch's outputs, maps average-pooled to
-  4x4 (after 003_4bdb2e82324dbf00.txt, Sec. 2.2 and SPEC-NOTES, section 3);
+  4x4 (after 003_4bdb2e82324dbf00.txt, Sec. 2.2 and SPEC-NOTES, section 3),
+  in float32 whatever the model computes in (a mixed-precision model's
+  16-bit outputs are cast up before pooling);
 - `as_arrays` draws a uniform, seeded subset of examples from arrays or from
   a stream of batches (reservoir sampling: class-ordered streams are fine).
 """
@@ -29,6 +31,7 @@ import numpy as np
 from branchzoo._validation import check_int
 from branchzoo.analysis.features import _BlockIntermediates, _first_input, feature_names
 from branchzoo.layers import MultiPathBlock
+from branchzoo.precision import to_numpy
 
 OUTPUT = "<output>"
 KINDS = ("conv", "sum", "dense")
@@ -306,6 +309,11 @@ def _pooled_in_graph(tensor, pool_size):
     return keras.ops.average_pool(tensor, pool_size=window, strides=window, padding="valid")
 
 
+def _float32(tensor):
+    """A 16-bit symbolic output (a mixed-precision model's) cast to float32; others as they are."""
+    return keras.ops.cast(tensor, "float32") if tensor.dtype in ("float16", "bfloat16") else tensor
+
+
 def feature_extractor(model, names, include_output=True, pool_size=None):
     """A `keras.Model` mapping the model's inputs to ``{name: tensor}`` (and ``OUTPUT``).
 
@@ -320,14 +328,14 @@ def feature_extractor(model, names, include_output=True, pool_size=None):
     cached = _EXTRACTORS.get(model, {})
     if key in cached:
         return cached[key]
-    outputs = {n: _pooled_in_graph(t, pool_size) for n, t in _symbolic(model, names).items()}
+    outputs = {n: _pooled_in_graph(_float32(t), pool_size) for n, t in _symbolic(model, names).items()}
     if include_output:
         if len(model.outputs) != 1:
             raise ValueError(
                 f"The analyses need a model with one output. Received: model '{model.name}' "
                 f"with {len(model.outputs)} outputs"
             )
-        outputs[OUTPUT] = model.outputs[0]
+        outputs[OUTPUT] = _float32(model.outputs[0])
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     extractor = keras.Model(inputs, outputs, name=f"{model.name}_analysis_features")
     _EXTRACTORS.setdefault(model, {})[key] = extractor
@@ -442,8 +450,8 @@ def adaptive_average_pool(maps, size=4):
 
 
 def pool_features(value, pool_size=4):
-    """Maps ``[n, H, W, C]`` average-pooled to at most ``pool_size`` per side; others as they are."""
-    value = np.asarray(value)
+    """Maps ``[n, H, W, C]`` average-pooled to at most ``pool_size`` per side; others as they are (16-bit: float32)."""
+    value = to_numpy(value)
     if value.ndim == 4 and pool_size:
         return adaptive_average_pool(value, pool_size)
     return value
@@ -478,7 +486,7 @@ def iterate_features(model, data, names, batch_size=128, pool_size=4, max_exampl
         out = extractor.predict_on_batch(x)
         features = {n: pool_features(out[n], pool_size) for n in names}
         done += x.shape[0]
-        yield features, y, (np.asarray(out[OUTPUT]) if include_output else None)
+        yield features, y, (to_numpy(out[OUTPUT]) if include_output else None)
 
 
 def collect_features(model, data, names, batch_size=128, pool_size=4, max_examples=None, seed=0):

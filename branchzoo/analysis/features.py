@@ -27,6 +27,7 @@ class _BlockIntermediates(keras.layers.Layer):
     """
 
     def __init__(self, block, **kwargs):
+        kwargs.setdefault("dtype", block.dtype_policy)  # the block's precision, not the global one
         super().__init__(name=f"{block.name}_intermediates", **kwargs)
         self.block = block
 

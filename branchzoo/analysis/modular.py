@@ -37,14 +37,15 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
+from branchzoo.precision import to_numpy
 
 PAPER = "004_226906bbadadb648.txt"
 
 
 # ------------------------------------------------------------------ inputs
 def check_module_logits(logits, labels=None):
-    """Returns `logits` as float ``[N, M, K]`` (and int `labels` ``[N]``), or raises ValueError."""
-    logits = np.asarray(logits)
+    """Returns `logits` as float ``[N, M, K]`` (16-bit: float32; and int `labels` ``[N]``), or raises ValueError."""
+    logits = to_numpy(logits)
     if logits.ndim != 3:
         raise ValueError(
             "Module analyses need the logits of every module, of shape [examples, num_modules, K] "
@@ -102,7 +103,7 @@ def module_logits(model, batches):
         return cached[1], cached[2]
     outs, ys = [], []
     for x, y in batches:
-        out = np.asarray(model.predict_on_batch(x))
+        out = to_numpy(model.predict_on_batch(x))
         check_module_logits(out)
         outs.append(out.astype(np.float32))
         ys.append(np.asarray(y).reshape(-1))

@@ -19,10 +19,11 @@ from matplotlib.figure import Figure
 from branchzoo.analysis import extraction
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
 from branchzoo.layers import MultiPathBlock
+from branchzoo.precision import to_numpy
 
 
 def _top1(model, x, y, batch_size):
-    logits = model.predict(x, batch_size=batch_size, verbose=0)
+    logits = to_numpy(model.predict(x, batch_size=batch_size, verbose=0))
     return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(y).ravel()))
 
 

@@ -32,6 +32,7 @@ from branchzoo import _progress as progress
 from branchzoo._validation import check_int
 from branchzoo.analysis import extraction, plots, tail
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
+from branchzoo.precision import to_numpy
 
 @dataclasses.dataclass
 class ProbeResult:
@@ -129,8 +130,8 @@ def _fit_probe(train_x, train_y, test_x, test_y, C, max_iter, standardize):
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    train_x = np.asarray(train_x).reshape(len(train_x), -1)
-    test_x = np.asarray(test_x).reshape(len(test_x), -1)
+    train_x = to_numpy(train_x).reshape(len(train_x), -1)
+    test_x = to_numpy(test_x).reshape(len(test_x), -1)
     if standardize:
         scaler = StandardScaler().fit(train_x)
         train_x, test_x = scaler.transform(train_x), scaler.transform(test_x)

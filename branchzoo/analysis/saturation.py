@@ -28,6 +28,7 @@ import numpy as np
 from branchzoo.analysis import extraction, plots, tail
 from branchzoo.analysis.probes import pathway_means
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
+from branchzoo.precision import to_numpy
 
 
 def intrinsic_dimension(covariance, threshold=0.99, margin=0.02):
@@ -90,7 +91,7 @@ class SaturationAccumulator:
 
     def update(self, features):
         """Adds a batch: ``[batch, H, W, C]`` maps (each position a sample) or ``[batch, C]`` vectors."""
-        features = np.asarray(features)
+        features = to_numpy(features)
         if features.ndim == 4:
             features = features.reshape(-1, features.shape[-1])
         elif features.ndim != 2:

@@ -31,6 +31,7 @@ import keras
 from keras import ops
 
 from branchzoo._validation import check_int
+from branchzoo.precision import upcast_dtype
 
 
 def normalize_clamp(logit_clamp, name="logit_clamp"):
@@ -77,6 +78,10 @@ class BranchSum(keras.layers.Layer):
             and adds ``pass_through`` (shape ``[batch, ...]``) to the sum.
         return_branches: if True, return ``(output, branches)``.
 
+    The sum and the clamp are computed in float32 whatever the dtype policy:
+    under a mixed policy the per-branch outputs (and the pass-through term)
+    are cast up on the way in, and every output is float32.
+
     Returns:
         ``[batch, ...]``, the (clamped) sum; with ``return_branches=True`` the
         pair ``(output, branches)``, ``branches`` being the ``[batch, N, ...]``
@@ -100,6 +105,11 @@ class BranchSum(keras.layers.Layer):
         self.logit_clamp = normalize_clamp(logit_clamp)
         self.pass_through = bool(pass_through)
         self.return_branches = bool(return_branches)
+
+    @property
+    def input_dtype(self):
+        # The sum of N logit vectors and its clamp in float32 at least (16-bit inputs are cast up).
+        return upcast_dtype(self.compute_dtype)
 
     def _split_shapes(self, input_shape):
         if self.pass_through:

@@ -38,6 +38,7 @@ from keras import ops
 
 from branchzoo._validation import check_int
 from branchzoo.layers.grouped import BatchedDense, GroupedConv2D
+from branchzoo.precision import head_policy, upcast_dtype
 
 SMOOTHINGS = ("gaussian", "learned")
 _SQRT2 = math.sqrt(2.0)
@@ -69,7 +70,11 @@ def _image_shape(input_shape, layer):
 
 
 class _InstanceNorm(keras.layers.Layer):
-    """Per-sample, per-channel normalisation over H and W (PyTorch InstanceNorm2d, eps 1e-5)."""
+    """Per-sample, per-channel normalisation over H and W (PyTorch InstanceNorm2d, eps 1e-5).
+
+    Statistics and the affine map in float32 under a mixed policy (as Keras' normalisation
+    layers), the output in the compute dtype.
+    """
 
     def __init__(self, affine=True, epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
@@ -79,22 +84,24 @@ class _InstanceNorm(keras.layers.Layer):
     def build(self, input_shape):
         channels = input_shape[-1]
         if self.affine:
-            self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
-            self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+            self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones", autocast=False)
+            self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros", autocast=False)
 
     def call(self, x):
+        dtype = x.dtype
+        x = ops.cast(x, upcast_dtype(dtype))
         mean = ops.mean(x, axis=(1, 2), keepdims=True)
         centered = x - mean
         variance = ops.mean(ops.square(centered), axis=(1, 2), keepdims=True)
         x = centered * ops.rsqrt(variance + self.epsilon)
         if self.affine:
-            x = x * self.gamma + self.beta
-        return x
+            x = x * ops.cast(self.gamma, x.dtype) + ops.cast(self.beta, x.dtype)
+        return ops.cast(x, dtype)
 
 
-def _conv(filters, kernel_size, groups, initializer, use_bias=True, padding="same", name=None):
+def _conv(filters, kernel_size, groups, initializer, use_bias=True, padding="same", name=None, dtype=None):
     return GroupedConv2D(filters, kernel_size, padding=padding, groups=groups, use_bias=use_bias,
-                         kernel_initializer=initializer, name=name)
+                         kernel_initializer=initializer, dtype=dtype, name=name)
 
 
 class _ResBlock(keras.layers.Layer):
@@ -110,19 +117,20 @@ class _ResBlock(keras.layers.Layer):
     def build(self, input_shape):
         n, init = self.branches, self.kernel_initializer
         shape = tuple(input_shape)
-        self.conv1 = _conv(self.dim_in * n, 3, n, init, name="conv1")
-        self.conv2 = _conv(self.dim_out * n, 3, n, init, name="conv2")
+        self.conv1 = _conv(self.dim_in * n, 3, n, init, name="conv1", dtype=self.dtype_policy)
+        self.conv2 = _conv(self.dim_out * n, 3, n, init, name="conv2", dtype=self.dtype_policy)
         self.conv1.build(shape)
         inner = shape if not self.downsample else (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
         self.conv2.build(inner)
         if self.normalize:
-            self.norm1 = _InstanceNorm(name="norm1")
-            self.norm2 = _InstanceNorm(name="norm2")
+            self.norm1 = _InstanceNorm(name="norm1", dtype=self.dtype_policy)
+            self.norm2 = _InstanceNorm(name="norm2", dtype=self.dtype_policy)
             self.norm1.build(shape)
             self.norm2.build(inner)
         self.shortcut = None
         if self.dim_in != self.dim_out:
-            self.shortcut = _conv(self.dim_out * n, 1, n, init, use_bias=False, name="conv1x1")
+            self.shortcut = _conv(self.dim_out * n, 1, n, init, use_bias=False, name="conv1x1",
+                                  dtype=self.dtype_policy)
             self.shortcut.build(shape)
 
     def _pool(self, x):
@@ -151,22 +159,23 @@ class _AdaINResBlock(keras.layers.Layer):
         n, init = self.branches, self.kernel_initializer
         shape = tuple(input_shape)
         outer = shape if not self.upsample else (shape[0], shape[1] * 2, shape[2] * 2, shape[3])
-        self.norm1 = _InstanceNorm(affine=False, name="norm1")
-        self.norm2 = _InstanceNorm(affine=False, name="norm2")
+        self.norm1 = _InstanceNorm(affine=False, name="norm1", dtype=self.dtype_policy)
+        self.norm2 = _InstanceNorm(affine=False, name="norm2", dtype=self.dtype_policy)
         self.norm1.build(shape)
         self.norm2.build(outer[:3] + (self.dim_out * n,))
         # (1 + gamma) * norm(x) + beta, gamma and beta from the branch's own style
-        self.fc1 = BatchedDense(2 * self.dim_in, kernel_initializer=init, name="fc1")
-        self.fc2 = BatchedDense(2 * self.dim_out, kernel_initializer=init, name="fc2")
+        self.fc1 = BatchedDense(2 * self.dim_in, kernel_initializer=init, dtype=self.dtype_policy, name="fc1")
+        self.fc2 = BatchedDense(2 * self.dim_out, kernel_initializer=init, dtype=self.dtype_policy, name="fc2")
         self.fc1.build((None, n, self.style_dim))
         self.fc2.build((None, n, self.style_dim))
-        self.conv1 = _conv(self.dim_out * n, 3, n, init, name="conv1")
-        self.conv2 = _conv(self.dim_out * n, 3, n, init, name="conv2")
+        self.conv1 = _conv(self.dim_out * n, 3, n, init, name="conv1", dtype=self.dtype_policy)
+        self.conv2 = _conv(self.dim_out * n, 3, n, init, name="conv2", dtype=self.dtype_policy)
         self.conv1.build(outer)
         self.conv2.build(outer[:3] + (self.dim_out * n,))
         self.shortcut = None
         if self.dim_in != self.dim_out:
-            self.shortcut = _conv(self.dim_out * n, 1, n, init, use_bias=False, name="conv1x1")
+            self.shortcut = _conv(self.dim_out * n, 1, n, init, use_bias=False, name="conv1x1",
+                                  dtype=self.dtype_policy)
             self.shortcut.build(outer)
 
     def _adain(self, x, norm, fc, dim, style):
@@ -204,7 +213,8 @@ class GaussianBlur(keras.layers.Layer):
     After 000_a8fb4f73aa903839.txt, Appendix E: "an over-smoothed version of
     x - either learnt smoothing or Gaussian smoothing". The kernel is a
     constant (no weights); borders are reflected so that the smoothed image
-    keeps the brightness of the edges.
+    keeps the brightness of the edges. It smooths in float32 (at least)
+    whatever the dtype policy: S(x) is part of the generator's output.
 
     Args:
         sigma: standard deviation in pixels (> 0).
@@ -227,6 +237,10 @@ class GaussianBlur(keras.layers.Layer):
         super().__init__(**kwargs)
         self.sigma = _check_float(sigma, "sigma", minimum=0.0)
         self.radius = int(math.ceil(3.0 * self.sigma)) if radius is None else check_int(radius, "radius", minimum=1)
+
+    @property
+    def input_dtype(self):
+        return upcast_dtype(self.compute_dtype)
 
     def build(self, input_shape):
         shape = _image_shape(input_shape, "GaussianBlur")
@@ -277,7 +291,9 @@ class LearnedDiffusion(keras.layers.Layer):
     (t = 0..steps-1) and the final state ``u_T``; by telescoping,
     ``sum_t phi_t + u_T = x`` (the discrete reconstruction identity, Eq. 17),
     up to float rounding. In the BranchedGenerator, ``u_T`` is the learnt
-    over-smoothing ``S(x)`` and ``phi_t`` is branch ``t``'s input.
+    over-smoothing ``S(x)`` and ``phi_t`` is branch ``t``'s input. Under a
+    mixed dtype policy the CNN computes in 16 bits and the states and
+    residuals stay float32, so the identity holds to float32 rounding.
 
     The paper's formulas did not survive extraction; our choices: the
     residuals are first differences of the discrete flow (the discretisation
@@ -325,6 +341,10 @@ class LearnedDiffusion(keras.layers.Layer):
             velocity_initializer = keras.initializers.VarianceScaling(scale=0.1, distribution="truncated_normal")
         self.velocity_initializer = keras.initializers.get(velocity_initializer)
 
+    @property
+    def input_dtype(self):
+        return upcast_dtype(self.compute_dtype)
+
     def build(self, input_shape):
         shape = _image_shape(input_shape, "LearnedDiffusion")
         widths = bottleneck_widths(self.filters, self.num_layers) + [shape[3]]
@@ -332,7 +352,8 @@ class LearnedDiffusion(keras.layers.Layer):
         current = shape
         for i, width in enumerate(widths, start=1):
             init = self.velocity_initializer if i == len(widths) else self.kernel_initializer
-            conv = keras.layers.Conv2D(width, 3, padding="same", kernel_initializer=init, name=f"conv{i}")
+            conv = keras.layers.Conv2D(width, 3, padding="same", kernel_initializer=init, dtype=self.dtype_policy,
+                                      name=f"conv{i}")
             conv.build(current)
             current = current[:3] + (width,)
             self.convs.append(conv)
@@ -348,9 +369,10 @@ class LearnedDiffusion(keras.layers.Layer):
         if not self.built:
             self.build(tuple(x.shape))
         u = ops.convert_to_tensor(x)
+        u = ops.cast(u, upcast_dtype(u.dtype))  # the states in float32 (at least), the CNN in the compute dtype
         residuals = []
         for _ in range(self.steps):
-            nxt = u + self.dt * self.velocity(u)
+            nxt = u + self.dt * ops.cast(self.velocity(u), u.dtype)
             residuals.append(u - nxt)  # differences of stored states: the sum telescopes
             u = nxt
         return ops.stack(residuals, axis=1), u
@@ -396,6 +418,11 @@ class BranchedGenerator(keras.layers.Layer):
     ``"image"`` ``[batch, H, W, C]``, ``"branches"`` ``[batch, N, H, W, C]``
     (each branch's output image: the decomposition) and ``"smooth"``
     (``S(x)``), where ``image = sum(branches, axis=1) + smooth``.
+
+    Under a mixed dtype policy the branches compute in 16 bits, while the
+    images stay float32 on the way in, ``S(x)`` and the sum are computed in
+    float32 and every output is float32, so the decomposition identity holds
+    to float32 rounding of the output.
 
     Our choices where the paper is silent: the class embedding (one learned
     ``style_dim`` vector per class and branch, drawn from N(0, 1), in place
@@ -491,12 +518,12 @@ class BranchedGenerator(keras.layers.Layer):
         self._channels = channels
 
         if self.smoothing == "gaussian":
-            self.smoother = GaussianBlur(self.smoothing_sigma, name="smoothing")
+            self.smoother = GaussianBlur(self.smoothing_sigma, dtype=self.dtype_policy, name="smoothing")
         else:
             self.smoother = LearnedDiffusion(
                 n, dt=self.diffusion_dt, filters=self.diffusion_filters,
                 num_layers=self.diffusion_layers, kernel_initializer=self.kernel_initializer,
-                name="diffusion",
+                dtype=self.dtype_policy, name="diffusion",
             )
         self.smoother.build(shape)
         self.class_embedding = self.add_weight(
@@ -504,35 +531,40 @@ class BranchedGenerator(keras.layers.Layer):
             initializer=keras.initializers.RandomNormal(stddev=1.0),
         )
         init = self.kernel_initializer
-        self.from_rgb = _conv(self.dim_in * n, 3, n, init, name="from_rgb")
+        self.from_rgb = _conv(self.dim_in * n, 3, n, init, name="from_rgb", dtype=self.dtype_policy)
         self.from_rgb.build((None, height, width, channels * n))
         self.encoder, decoder = [], []
         dim, h, w = self.dim_in, height, width
         for i in range(downsamples):
             out = min(dim * 2, self.max_dim)
             block = _ResBlock(dim, out, n, normalize=True, downsample=True, kernel_initializer=init,
-                              name=f"encode{i + 1}")
+                              dtype=self.dtype_policy, name=f"encode{i + 1}")
             block.build((None, h, w, dim * n))
             h, w = h // 2, w // 2
             up = _AdaINResBlock(out, dim, n, self.style_dim, upsample=True, kernel_initializer=init,
-                                name=f"decode_up{i + 1}")
+                                dtype=self.dtype_policy, name=f"decode_up{i + 1}")
             up.build((None, h, w, out * n))
             self.encoder.append(block)
             decoder.insert(0, up)
             dim = out
         for i in range(2):
-            block = _ResBlock(dim, dim, n, normalize=True, kernel_initializer=init, name=f"bottleneck{i + 1}")
+            block = _ResBlock(dim, dim, n, normalize=True, kernel_initializer=init, dtype=self.dtype_policy,
+                              name=f"bottleneck{i + 1}")
             block.build((None, h, w, dim * n))
             mid = _AdaINResBlock(dim, dim, n, self.style_dim, kernel_initializer=init,
-                                 name=f"decode_bottleneck{i + 1}")
+                                 dtype=self.dtype_policy, name=f"decode_bottleneck{i + 1}")
             mid.build((None, h, w, dim * n))
             self.encoder.append(block)
             decoder.insert(0, mid)
         self.decoder = decoder
-        self.to_rgb_norm = _InstanceNorm(name="to_rgb_norm")
+        self.to_rgb_norm = _InstanceNorm(name="to_rgb_norm", dtype=self.dtype_policy)
         self.to_rgb_norm.build((None, height, width, self.dim_in * n))
-        self.to_rgb = _conv(channels * n, 1, n, self.output_initializer, name="to_rgb")
+        self.to_rgb = _conv(channels * n, 1, n, self.output_initializer, name="to_rgb", dtype=self.dtype_policy)
         self.to_rgb.build((None, height, width, self.dim_in * n))
+
+    @property
+    def input_dtype(self):
+        return upcast_dtype(self.compute_dtype)  # the images (classes are integers: never cast)
 
     def branch_inputs(self, images):
         """``(x_i stacked [batch, N, H, W, C], S(x))``: what each branch reads, and the smoothing."""
@@ -558,7 +590,7 @@ class BranchedGenerator(keras.layers.Layer):
             h = block(h)
         for block in self.decoder:
             h = block(h, style)
-        h = self.to_rgb(_leaky(self.to_rgb_norm(h)))
+        h = ops.cast(self.to_rgb(_leaky(self.to_rgb_norm(h))), smooth.dtype)
         branches = ops.transpose(ops.reshape(h, (-1, height, width, n, c)), (0, 3, 1, 2, 4))
         image = ops.sum(branches, axis=1) + smooth
         if return_branches:
@@ -636,19 +668,21 @@ class MultiDomainDiscriminator(keras.layers.Layer):
         downsamples = self.num_downsamples or default_downsamples(min(height, width), 2)
         _check_downsamples(downsamples, height, width, "num_downsamples")
         init = self.kernel_initializer
-        self.from_rgb = _conv(self.dim_in, 3, 1, init, name="from_rgb")
+        self.from_rgb = _conv(self.dim_in, 3, 1, init, name="from_rgb", dtype=self.dtype_policy)
         self.from_rgb.build(shape)
         self.blocks = []
         dim, h, w = self.dim_in, height, width
         for i in range(downsamples):
             out = min(dim * 2, self.max_dim)
-            block = _ResBlock(dim, out, 1, downsample=True, kernel_initializer=init, name=f"block{i + 1}")
+            block = _ResBlock(dim, out, 1, downsample=True, kernel_initializer=init, dtype=self.dtype_policy,
+                              name=f"block{i + 1}")
             block.build((None, h, w, dim))
             self.blocks.append(block)
             dim, h, w = out, h // 2, w // 2
-        self.to_vector = _conv(dim, (h, w), 1, init, padding="valid", name="to_vector")
+        self.to_vector = _conv(dim, (h, w), 1, init, padding="valid", name="to_vector", dtype=self.dtype_policy)
         self.to_vector.build((None, h, w, dim))
-        self.to_logits = _conv(self.num_classes, 1, 1, init, name="to_logits")
+        # the logits in float32 under a mixed policy (the adversarial losses read them)
+        self.to_logits = _conv(self.num_classes, 1, 1, init, name="to_logits", dtype=head_policy(self.dtype_policy))
         self.to_logits.build((None, 1, 1, dim))
 
     def call(self, images):

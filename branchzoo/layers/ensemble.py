@@ -57,6 +57,7 @@ from keras import layers, ops
 
 from branchzoo._validation import check_int
 from branchzoo.layers.grouped import BatchedDense, GroupedConv2D
+from branchzoo.precision import head_policy
 
 MODULE_TYPES = ("mlp", "cnn", "densenet_bc")
 
@@ -222,7 +223,9 @@ class ModularLossEnsemble(keras.layers.Layer):
     Returns:
         ``[batch, M, K]`` natural parameters (``[batch, len(active_modules),
         K]`` when modules are dropped). Their mean over axis 1 is the
-        ensemble's prediction.
+        ensemble's prediction. Under a mixed dtype policy the modules
+        compute in 16 bits and their output layer in float32, so the
+        natural parameters (and every average of them) are float32.
 
     Example:
 
@@ -275,10 +278,13 @@ class ModularLossEnsemble(keras.layers.Layer):
 
     def _batched(self, units, fan_in, activation, name, zero_bias=False):
         init = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")  # U(+-1/sqrt(fan_in))
+        # the output layer computes in float32 under a mixed policy: the natural parameters the
+        # modular loss averages over modules and exponentiates
+        dtype = head_policy(self.dtype_policy) if name == "logits" else self.dtype_policy
         return self._sub(
             BatchedDense(
                 units, num_modules=self.num_modules, activation=activation, kernel_initializer=init,
-                bias_initializer="zeros" if zero_bias else _uniform(fan_in), dtype=self.dtype_policy, name=name,
+                bias_initializer="zeros" if zero_bias else _uniform(fan_in), dtype=dtype, name=name,
             ),
             (None, self.num_modules, fan_in),
         )

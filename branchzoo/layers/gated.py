@@ -16,7 +16,8 @@ outputs of module ``i - 1``, chosen by a binary gate row ``g_j`` with
   gates of each row.
 
 The plain functions `sample_gates` and `top_k_gates` are the two rules, usable
-on their own.
+on their own. Both rank in float32 (at least) whatever the dtype policy: a
+16-bit gate row would tie gates that float32 tells apart.
 """
 
 import keras
@@ -24,6 +25,7 @@ import numpy as np
 from keras import ops
 
 from branchzoo._validation import check_int
+from branchzoo.precision import upcast
 
 CONNECTIVITIES = ("learned", "full", "random")
 
@@ -37,14 +39,16 @@ _UNIFORM_EPS = 1e-7
 def top_k_gates(gates, fan_in):
     """Binary gates: 1 at the ``fan_in`` largest entries of each row (deterministic).
 
-    Ties go to the lower index (``keras.ops.top_k``).
+    Ties go to the lower index (``keras.ops.top_k``). float16 / bfloat16
+    gates are ranked as float32.
 
     Args:
         gates: real gates ``[..., C]``.
         fan_in: K, ones per row (1 <= K <= C).
 
     Returns:
-        A float tensor like `gates` with exactly ``fan_in`` ones per row.
+        A float tensor (float32 for 16-bit gates, else the gates' dtype) with
+        exactly ``fan_in`` ones per row.
 
     Example:
 
@@ -52,7 +56,7 @@ def top_k_gates(gates, fan_in):
     >>> np.asarray(top_k_gates(np.array([[0.1, 0.9, 0.5]], "float32"), 2)).tolist()
     [[0.0, 1.0, 1.0]]
     """
-    gates = ops.convert_to_tensor(gates)
+    gates = upcast(gates)
     _, indices = ops.top_k(gates, fan_in)
     return ops.sum(ops.one_hot(indices, gates.shape[-1], dtype=gates.dtype), axis=-2)
 
@@ -67,6 +71,9 @@ def sample_gates(gates, fan_in, seed=None):
     Gumbel noise`` (the normalising constant shifts a row and cannot change
     its order, so rows need not be normalised).
 
+    The noise, the logarithms and the ranking are float32 (float64 for
+    float64 gates) whatever the dtype policy.
+
     Args:
         gates: non-negative real gates ``[..., C]``; every row is one
             distribution.
@@ -74,7 +81,8 @@ def sample_gates(gates, fan_in, seed=None):
         seed: a ``keras.random.SeedGenerator``, an int or None.
 
     Returns:
-        A float tensor like `gates` holding exactly ``fan_in`` ones per row.
+        A float tensor (float32 for 16-bit gates, else the gates' dtype)
+        holding exactly ``fan_in`` ones per row.
 
     Example:
 
@@ -83,7 +91,7 @@ def sample_gates(gates, fan_in, seed=None):
     >>> np.asarray(g).sum(axis=-1).tolist()
     [2.0, 2.0, 2.0]
     """
-    gates = ops.convert_to_tensor(gates)
+    gates = upcast(gates)
     u = keras.random.uniform(ops.shape(gates), seed=seed, dtype=gates.dtype)
     u = ops.clip(u, _UNIFORM_EPS, 1.0 - _UNIFORM_EPS)
     scores = ops.log(ops.maximum(gates, _GATE_FLOOR)) - ops.log(-ops.log(u))
@@ -157,7 +165,11 @@ class GatedConnect(keras.layers.Layer):
       time (Fixed-Random); never trained.
 
     The gate matrix is a weight (``gates``) in every mode, so a ``.keras``
-    file or SavedModel carries the connectivity.
+    file or SavedModel carries the connectivity. Under a mixed dtype policy
+    the real gates are read as float32 (not autocast to the compute dtype),
+    and are sampled and ranked in float32; only the mixing of the blocks
+    runs in the compute dtype, with the binary gates (0 or 1) and ``1/K``
+    as multipliers.
 
     Args:
         cardinality: C, number of blocks fed (rows of the gate matrix).
@@ -266,7 +278,7 @@ class GatedConnect(keras.layers.Layer):
             # created trainable (a fixed place in the saved variable order), then frozen if asked
             self.gates = self.add_weight(
                 name="gates", shape=shape, initializer=self.gate_initializer,
-                constraint=UnitInterval(), trainable=True,
+                constraint=UnitInterval(), trainable=True, autocast=False,
             )
             self.gates.trainable = self._gates_trainable()
             self.seed_generator = keras.random.SeedGenerator(self.seed)
@@ -277,14 +289,15 @@ class GatedConnect(keras.layers.Layer):
                 value = random_connectivity(self.cardinality, self.num_inputs, self.fan_in, self.seed)
             self.gates = self.add_weight(
                 name="gates", shape=shape, initializer=lambda shape, dtype=None: ops.cast(value, dtype),
-                trainable=False,
+                trainable=False, autocast=False,
             )
 
     def connection_gates(self, training=False):
         """The binary gates ``[cardinality, num_inputs]`` this call would use.
 
         Sampled (with the straight-through gradient to the real gates) for a
-        learned, unfrozen layer in training; otherwise deterministic.
+        learned, unfrozen layer in training; otherwise deterministic. In the
+        gates' dtype (float32 under any mixed policy).
         """
         if self.connectivity != "learned":
             return ops.convert_to_tensor(self.gates)

@@ -44,6 +44,8 @@ class MultiPathBlock(keras.layers.Layer):
     Every sublayer is named ``path{p}_{conv,bn,relu}{l}`` (1-based), so
     analysis code can find each pathway's layers; ``call(...,
     return_intermediates=True)`` also returns their outputs and the ``"sum"``.
+    The sublayers take the block's dtype policy (also when it is loaded
+    from a file under another global policy).
 
     Args:
         filters: output channels of every conv in the block.
@@ -103,12 +105,14 @@ class MultiPathBlock(keras.layers.Layer):
                     use_bias=False,
                     kernel_initializer=self.kernel_initializer,
                     kernel_regularizer=self.kernel_regularizer,
+                    dtype=self.dtype_policy,
                     name=f"path{p}_conv{l}",
                 )
                 bn = layers.BatchNormalization(
-                    momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=f"path{p}_bn{l}"
+                    momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype_policy,
+                    name=f"path{p}_bn{l}",
                 )
-                relu = layers.ReLU(name=f"path{p}_relu{l}")
+                relu = layers.ReLU(dtype=self.dtype_policy, name=f"path{p}_relu{l}")
                 conv.build(shape)
                 shape = conv.compute_output_shape(shape)
                 bn.build(shape)

@@ -10,6 +10,7 @@ from keras import layers, ops
 
 from branchzoo._validation import check_int
 from branchzoo.layers.grouped import GroupedConv2D
+from branchzoo.precision import upcast_dtype
 
 # layouts of the BN after the blocks' last 1x1 conv (ResNeXtModule's `output_bn`)
 OUTPUT_BN = ("per_block", "shared")
@@ -47,7 +48,8 @@ class ResNeXtModule(keras.layers.Layer):
     Computation: ``bn3`` (and the shortcut's BN) is applied through its
     1x1 conv, ``conv(h, k * scale) + shift``, with the batch statistics of
     the conv output computed from the mean and covariance of its
-    (narrower) input (`linear_batchnorm`): the same function and moving
+    (narrower) input (`linear_batchnorm`, in float32 under a mixed dtype
+    policy, as Keras' BN computes): the same function and moving
     statistics as the BN layers, without a separate pass over the ``C *
     filters`` block outputs; with ``aggregate`` the mean over blocks is one
     dense 1x1 conv ``C * w -> filters`` (form C), and a shared ``bn3`` runs
@@ -126,11 +128,12 @@ class ResNeXtModule(keras.layers.Layer):
         return GroupedConv2D(
             filters, kernel_size, strides=strides, padding="same", groups=groups, use_bias=False,
             kernel_initializer=self.kernel_initializer, kernel_regularizer=self.kernel_regularizer,
-            name=name,
+            dtype=self.dtype_policy, name=name,
         )
 
     def _bn(self, name):
-        return layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name)
+        return layers.BatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                         dtype=self.dtype_policy, name=name)
 
     def build(self, input_shape):
         C, w = self.cardinality, self.width
@@ -351,11 +354,18 @@ def linear_batchnorm(x, kernel, bn, training, pool_groups=False):
             as ``N * G`` samples (mean of the group means; variance = mean
             of the group variances + variance of the group means).
 
+    The moments, scale and shift are computed in float32 when `x` is 16-bit
+    (as Keras' BatchNormalization does under a mixed policy) and returned
+    in `x`'s dtype.
+
     Returns:
         ``(scale, shift)``, each ``[G, o]`` (with `pool_groups`, the same
         ``o`` values in every row).
     """
     groups, features, outputs = kernel.shape
+    out_dtype = x.dtype
+    x = ops.cast(x, upcast_dtype(out_dtype))
+    kernel = ops.cast(kernel, x.dtype)
     channels = (1 if pool_groups else groups, outputs)
     gamma = ops.reshape(ops.cast(bn.gamma, x.dtype), channels)
     beta = ops.reshape(ops.cast(bn.beta, x.dtype), channels)
@@ -389,6 +399,7 @@ def linear_batchnorm(x, kernel, bn, training, pool_groups=False):
         var = ops.reshape(ops.cast(bn.moving_variance, x.dtype), channels)
     scale = gamma * ops.rsqrt(var + bn.epsilon)
     shift = beta - mean * scale
+    scale, shift = ops.cast(scale, out_dtype), ops.cast(shift, out_dtype)
     if pool_groups:
         return ops.broadcast_to(scale, (groups, outputs)), ops.broadcast_to(shift, (groups, outputs))
     return scale, shift

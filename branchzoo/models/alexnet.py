@@ -20,6 +20,7 @@ from keras import layers
 
 from branchzoo._validation import check_int
 from branchzoo.layers import GroupedConv2D
+from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
 PAPER = "001_54705f77118ebd52.txt"
@@ -131,7 +132,7 @@ def alexnet(
     x = layers.Dense(fc, activation="relu", name="fc6")(x)
     x = layers.Dropout(dropout, name="drop7")(x)
     x = layers.Dense(fc, activation="relu", name="fc7")(x)
-    x = layers.Dense(num_classes, name="predictions")(x)
+    x = layers.Dense(num_classes, dtype=head_policy(), name="predictions")(x)
     return keras.Model(inputs, x, name=name or f"alexnet_{num_branches}branch")
 
 
@@ -217,5 +218,5 @@ def branched_stem_cnn(
         if i < len(trunk_widths):
             x = layers.MaxPooling2D(2, name=f"trunk_pool{i}")(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = layers.Dense(num_classes, name="predictions")(x)
+    x = layers.Dense(num_classes, dtype=head_policy(), name="predictions")(x)
     return keras.Model(inputs, x, name=name or f"branched_stem_{num_branches}x{branch_layers}")

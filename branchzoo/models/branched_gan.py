@@ -39,7 +39,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from branchzoo import tasks
+from branchzoo import precision, tasks
 from branchzoo.analysis.decomposition import find_generator
 from branchzoo.callbacks import DecompositionImages  # noqa: F401  (its TensorBoard callback; also importable here)
 from branchzoo.layers import BranchedGenerator, MultiDomainDiscriminator
@@ -92,7 +92,12 @@ class BranchedGAN(keras.Model):
 
     Under a `tf.distribute` strategy each replica's mean loss is divided by
     the number of replicas before its gradients are summed across replicas,
-    so a step equals the single-device step on the same global batch.
+    so a step equals the single-device step on the same global batch. A GAN
+    built under the ``mixed_float16`` dtype policy trains with dynamic loss
+    scaling: `compile` wraps each player's optimizer in a
+    ``keras.optimizers.LossScaleOptimizer`` (as ``Model.compile`` does for
+    one optimizer), whose scale each update's loss is multiplied by (the
+    R1 term's inner gradient is taken unscaled).
     Metrics are per-example means over the epoch: training reports
     ``d_loss`` (R1 included), ``g_loss``, ``r1`` (unweighted; only when
     ``r1_weight > 0``), ``d_real_acc`` (reals with
@@ -151,16 +156,27 @@ class BranchedGAN(keras.Model):
         classes = ops.convert_to_tensor(np.asarray(target_classes, "int32"))
         return self.generator_layer([ops.convert_to_tensor(images), classes], return_branches=True)
 
-    def compile(self, g_optimizer=None, d_optimizer=None, **kwargs):
-        """Sets the two optimizers (default: `default_optimizer` each) and Keras' compile options."""
+    def compile(self, g_optimizer=None, d_optimizer=None, auto_scale_loss=True, **kwargs):
+        """Sets the two optimizers (default: `default_optimizer` each) and Keras' compile options.
+
+        With ``auto_scale_loss`` (default) and a generator or discriminator
+        computing in float16 (built under ``mixed_float16``, or loaded from
+        such a file), each optimizer is wrapped in a ``LossScaleOptimizer``.
+        """
         kwargs.pop("optimizer", None)
         super().compile(optimizer=None, **kwargs)
-        self.g_optimizer = g_optimizer or default_optimizer()
-        self.d_optimizer = d_optimizer or default_optimizer()
+        self.g_optimizer = self._loss_scaled(g_optimizer or default_optimizer(), auto_scale_loss)
+        self.d_optimizer = self._loss_scaled(d_optimizer or default_optimizer(), auto_scale_loss)
         if self.built:
             # Now, in the caller's strategy scope: created lazily in the first (traced, per-replica)
             # step, a MirroredStrategy cannot initialise the slot variables.
             self.build_optimizers()
+
+    def _loss_scaled(self, optimizer, auto_scale_loss):
+        if (auto_scale_loss and precision.model_precision(self) == "mixed_float16"
+                and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
+            return keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
 
     def get_compile_config(self):
         return None  # two optimizers: compiled again by the task, not from the file
@@ -200,7 +216,8 @@ class BranchedGAN(keras.Model):
             if use_r1:
                 d_per_example = d_per_example + self.r1_weight * r1
             d_loss = ops.mean(d_per_example) / replicas
-        grads = tape.gradient(d_loss, d_vars)
+            scaled = self.d_optimizer.scale_loss(d_loss)  # the loss itself unless loss-scaled (mixed_float16)
+        grads = tape.gradient(scaled, d_vars)
         self.d_optimizer.apply_gradients(zip(grads, d_vars))
 
         g_vars = self.generator.trainable_variables
@@ -208,7 +225,8 @@ class BranchedGAN(keras.Model):
             translated = self.generator([images, target], training=True)
             g_per_example = real_loss(select_logit(self.discriminator(translated, training=True), target))
             g_loss = ops.mean(g_per_example) / replicas
-        grads = tape.gradient(g_loss, g_vars)
+            scaled = self.g_optimizer.scale_loss(g_loss)
+        grads = tape.gradient(scaled, g_vars)
         self.g_optimizer.apply_gradients(zip(grads, g_vars))
 
         values = {

@@ -33,6 +33,7 @@ from keras import layers
 from branchzoo._validation import check_int
 from branchzoo.layers import BatchedDense, BranchSum, GroupedConv2D
 from branchzoo.layers.branch_sum import normalize_clamp
+from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
 PAPER = "000_a8fb4f73aa903839.txt"
@@ -147,8 +148,9 @@ def branched_resnet(
             in_width = width
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.Reshape((n, in_width), name="branch_features")(x)
-    x = BatchedDense(num_classes, num_modules=n, name=BRANCH_LOGITS)(x)
-    outputs = BranchSum(n, logit_clamp=logit_clamp, return_branches=return_branches, name=BRANCH_SUM)(x)
+    x = BatchedDense(num_classes, num_modules=n, dtype=head_policy(), name=BRANCH_LOGITS)(x)
+    outputs = BranchSum(n, logit_clamp=logit_clamp, return_branches=return_branches, dtype=head_policy(),
+                        name=BRANCH_SUM)(x)
     return keras.Model(inputs, outputs, name=name or f"branched_resnet_{n}x{base_width}")
 
 
@@ -261,6 +263,7 @@ def branched_mlp(
     hidden_units = [check_int(u, f"hidden_units[{i}]", minimum=1) for i, u in enumerate(hidden_units)]
     normalize_clamp(logit_clamp)
     n = num_branches
+    head = dtype if dtype is not None else head_policy()  # float32 heads under a mixed policy
     inputs = keras.Input(shape=tuple(input_shape), name="inputs", dtype=dtype)
     x = layers.Flatten(name="flatten", dtype=dtype)(inputs)
     if hidden_units:
@@ -273,7 +276,7 @@ def branched_mlp(
     else:  # linear branches: every branch reads the whole input
         x = layers.RepeatVector(n, name="branch_inputs", dtype=dtype)(x)
     x = BatchedDense(num_classes, num_modules=n, activation=output_activation,
-                     kernel_initializer=kernel_initializer, name=BRANCH_LOGITS, dtype=dtype)(x)
+                     kernel_initializer=kernel_initializer, name=BRANCH_LOGITS, dtype=head)(x)
     outputs = BranchSum(n, logit_clamp=logit_clamp, return_branches=return_branches,
-                        name=BRANCH_SUM, dtype=dtype)(x)
+                        name=BRANCH_SUM, dtype=head)(x)
     return keras.Model(inputs, outputs, name=name or f"branched_mlp_{n}")

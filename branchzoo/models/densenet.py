@@ -21,6 +21,7 @@ from keras import layers
 
 from branchzoo._validation import check_int
 from branchzoo.models._common import check_input_shape, check_multiplier, check_stem, kaiming_normal, scaled
+from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
 PAPER = "003_4bdb2e82324dbf00.txt"
@@ -138,7 +139,7 @@ def densenet(
     x = layers.ReLU(name="final_relu")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = layers.Dense(num_classes, activation=classifier_activation, name="predictions")(x)
+        x = layers.Dense(num_classes, activation=classifier_activation, dtype=head_policy(), name="predictions")(x)
     return keras.Model(inputs, x, name=name or "densenet")
 
 

@@ -25,6 +25,7 @@ import keras
 from keras import layers
 
 from branchzoo._validation import check_int
+from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
 PAPER = "001_54705f77118ebd52.txt"
@@ -132,5 +133,5 @@ def inception_v1(
         x = layers.Concatenate(name=block)([b1, b3, b5, bp])
     x = layers.GlobalAveragePooling2D(name="avgpool0")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    x = layers.Dense(num_classes, name="predictions")(x)
+    x = layers.Dense(num_classes, dtype=head_policy(), name="predictions")(x)
     return keras.Model(inputs, x, name=name or "inception_v1")

@@ -19,6 +19,7 @@ from keras import layers
 from branchzoo._validation import check_int
 from branchzoo.layers import MultiPathBlock
 from branchzoo.layers.multipath import normalize_pathways
+from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
 PAPER = "003_4bdb2e82324dbf00.txt"
@@ -125,5 +126,5 @@ def mpnet(
             )(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = layers.Dense(num_classes, activation=classifier_activation, name="predictions")(x)
+        x = layers.Dense(num_classes, activation=classifier_activation, dtype=head_policy(), name="predictions")(x)
     return keras.Model(inputs, x, name=name or mpnet_name(blocks_per_stage, pathways))

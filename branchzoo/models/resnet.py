@@ -24,6 +24,7 @@ from keras import layers
 
 from branchzoo._validation import check_int
 from branchzoo.models._common import check_input_shape, check_multiplier, check_stem, kaiming_normal, scaled
+from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
 PAPER = "003_4bdb2e82324dbf00.txt"
@@ -132,7 +133,7 @@ def resnet(
             x = _basic_block(x, width, stride, f"stage{s}_block{b}", conv_init, bn)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = layers.Dense(num_classes, activation=classifier_activation, name="predictions")(x)
+        x = layers.Dense(num_classes, activation=classifier_activation, dtype=head_policy(), name="predictions")(x)
     return keras.Model(inputs, x, name=name or f"resnet{2 * sum(blocks) + 2}")
 
 

@@ -43,6 +43,7 @@ from branchzoo._validation import check_int
 from branchzoo.layers import GatedConnect, ResNeXtModule
 from branchzoo.layers.gated import CONNECTIVITIES
 from branchzoo.layers.resnext import OUTPUT_BN
+from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
 PAPER = "002_6ffcaba31e771062.txt"
@@ -222,7 +223,7 @@ def resnext_cifar(
     if include_top:
         x = layers.ReLU(name="head_relu")(x)
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = layers.Dense(num_classes, activation=classifier_activation, name="predictions")(x)
+        x = layers.Dense(num_classes, activation=classifier_activation, dtype=head_policy(), name="predictions")(x)
     return keras.Model(
         inputs, x, name=name or resnext_name(depth, width, cardinality, fan_in, connectivity)
     )

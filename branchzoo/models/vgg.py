@@ -19,6 +19,7 @@ from keras import layers
 
 from branchzoo._validation import check_int
 from branchzoo.models._common import check_input_shape, check_multiplier, kaiming_normal, scaled
+from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
 PAPER = "003_4bdb2e82324dbf00.txt"
@@ -107,7 +108,7 @@ def vgg(
         x = layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="head_bn2")(x)
         x = layers.Dropout(dropout, name="head_dropout2")(x)
         x = layers.Dense(num_classes, activation=classifier_activation, kernel_initializer=dense_init,
-                         name="predictions")(x)
+                         dtype=head_policy(), name="predictions")(x)
     depth = sum(len(s) for s in widths) + 3
     return keras.Model(inputs, x, name=name or f"vgg{depth}")
 
