@@ -3,6 +3,7 @@
 import json
 import os
 
+import h5py
 import numpy as np
 import pytest
 
@@ -98,13 +99,6 @@ def test_model_card_fields():
     assert branchzoo.model_card("mpnet2_2x3_2x7_cifar10")["config"]["widths"] == [64, 128, 256, 512]
 
 
-def test_parameter_count_matches_card_tiny():
-    card = branchzoo.model_card("mpnet_tiny_digits")
-    model = branchzoo.build("mpnet_tiny_digits")
-    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    assert card["parameters"] == {"trainable": trainable, "total": model.count_params()}
-
-
 def test_mpnet_tiny_digits_count_by_hand():
     """MPNet2(2:3x3, 2:7x7), widths 8/16/32/64, counted from the layout, not the code."""
 
@@ -121,13 +115,46 @@ def test_mpnet_tiny_digits_count_by_hand():
         "trainable": 1_108_978, "total": 1_108_978 + bn_moving}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in zoo.list_models() if n != "mpnet_tiny_digits"])
-def test_parameter_count_matches_card(name):
-    card = branchzoo.model_card(name)
-    model = branchzoo.build(name)
+def assert_card_parameters(name, model):
+    """`model`'s trainable and total (with BN moving statistics) parameter counts are its card's."""
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    assert card["parameters"] == {"trainable": trainable, "total": model.count_params()}
+    assert branchzoo.model_card(name)["parameters"] == {"trainable": trainable, "total": model.count_params()}, name
+
+
+def _built_quickly(name):
+    """Entries under 1.5M parameters build in about a second; the others run with -m slow."""
+    return branchzoo.model_card(name)["parameters"]["total"] < 1_500_000
+
+
+@pytest.mark.parametrize("name", [n if _built_quickly(n) else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in zoo.list_models()])
+def test_parameter_count_matches_card(name):
+    assert_card_parameters(name, branchzoo.build(name))
+
+
+def weights_file_layout(path):
+    """Every group and dataset of a ``.weights.h5`` file: (path, layer name, shape), in file order."""
+    items = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda key, obj: items.append(
+            (key, obj.attrs.get("name"), obj.shape if isinstance(obj, h5py.Dataset) else None)))
+    return items
+
+
+@pytest.mark.parametrize("name", zoo.list_models(pretrained=True))
+def test_published_weights_fit_the_built_model(name, tmp_path):
+    """The builder makes the published model: same layers, names, classes, order and variable shapes.
+
+    The file's layout (one group per layer, in model order, with the layer's name and its
+    variables' shapes) is compared with the file the freshly built model writes; `load_weights`
+    then loads it. The slow real-data tests check that the loaded weights give the card's numbers.
+    """
+    published = zoo.fetch_weights(name)
+    model = branchzoo.build(name)
+    model.save_weights(tmp_path / "built.weights.h5")
+    assert weights_file_layout(tmp_path / "built.weights.h5") == weights_file_layout(published)
+    model.load_weights(published)
+    assert_card_parameters(name, model)
 
 
 def test_unknown_name_lists_close_matches():

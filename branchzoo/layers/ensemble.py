@@ -30,7 +30,8 @@ batched tensor (channels ``m*C .. (m+1)*C - 1``, as grouped convolutions and
   blocks of ``(D - 4) / 6`` bottleneck layers (BN-ReLU-1x1 conv ``4k``,
   BN-ReLU-3x3 conv ``k``), transitions (BN-ReLU-1x1 conv to
   ``floor(C * compression)``, 2x2 average pool), BN-ReLU, global average
-  pool, classifier. Every conv is grouped (``groups=M``) and the dense
+  pool, classifier (the layout of `branchzoo.layers.densenet_bc`, which
+  `branchzoo.models.densenet` follows too). Every conv is grouped (``groups=M``) and the dense
   concatenation stays per module (each module's new ``k`` channels are
   appended to its own block).
 
@@ -55,7 +56,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from branchzoo._validation import check_int
+from branchzoo._validation import check_int, check_int_list
+from branchzoo.layers.densenet_bc import densenet_bc_layout
 from branchzoo.layers.grouped import BatchedDense, GroupedConv2D
 from branchzoo.precision import head_policy
 
@@ -77,9 +79,7 @@ _DEFAULTS = {
 def _int_list(value, name, minimum=1):
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = [value]
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not len(value):
-        raise ValueError(f"`{name}` must be a positive integer or a non-empty list of them. Received: {name}={value!r}")
-    return [check_int(v, f"{name}[{i}]", minimum=minimum) for i, v in enumerate(value)]
+    return check_int_list(value, name, "be a positive integer or a non-empty list of them", minimum=minimum)
 
 
 def normalize_module(module):
@@ -347,10 +347,10 @@ class ModularLossEnsemble(keras.layers.Layer):
             input_shape,
         )
         self.dense_blocks, self.transitions = [], []
-        for b in range(1, 4):
+        layout = densenet_bc_layout([n] * 3, k, channels, spec["compression"])
+        for dense_block in layout:
             block = []
-            for l in range(1, n + 1):
-                prefix = f"block{b}_layer{l}"
+            for prefix, channels, _ in dense_block.layers:
                 bn1 = self._sub(layers.BatchNormalization(name=f"{prefix}_bn1", **bn), shape_of(channels))
                 conv1 = self._sub(
                     GroupedConv2D(M * 4 * k, 1, groups=M, use_bias=False, kernel_initializer=_he_fan_out(1, 4 * k),
@@ -365,19 +365,18 @@ class ModularLossEnsemble(keras.layers.Layer):
                     shape_of(4 * k),
                 )
                 block.append((bn1, conv1, bn2, conv2))
-                channels += k
             self.dense_blocks.append(block)
-            if b < 3:
-                out = int(math.floor(channels * spec["compression"]))
-                t_bn = self._sub(layers.BatchNormalization(name=f"transition{b}_bn", **bn), shape_of(channels))
+            if dense_block.transition:
+                prefix, channels, out = dense_block.transition
+                t_bn = self._sub(layers.BatchNormalization(name=f"{prefix}_bn", **bn), shape_of(channels))
                 t_conv = self._sub(
                     GroupedConv2D(M * out, 1, groups=M, use_bias=False, kernel_initializer=_he_fan_out(1, out),
-                                  dtype=self.dtype_policy, name=f"transition{b}_conv"),
+                                  dtype=self.dtype_policy, name=f"{prefix}_conv"),
                     shape_of(channels),
                 )
                 self.transitions.append((t_bn, t_conv))
-                channels = out
                 spatial = tuple(None if s is None else s // 2 for s in spatial)
+        channels = layout[-1].layers[-1].out_channels
         self.final_bn = self._sub(layers.BatchNormalization(name="final_bn", **bn), shape_of(channels))
         self._last_channels = channels
         self.logits = self._batched(self.num_classes, channels, None, "logits", zero_bias=True)

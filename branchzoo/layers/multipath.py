@@ -7,16 +7,13 @@ reference code (../shared/docs/SPEC-NOTES.md, section 3).
 import keras
 from keras import layers
 
-from branchzoo._validation import check_int
+from branchzoo._validation import check_int, check_sequence
 
 
 def normalize_pathways(pathways):
     """Checks `pathways` and returns it as a list of ``[num_layers, kernel_size]``."""
-    if isinstance(pathways, (str, bytes)) or not hasattr(pathways, "__len__") or not len(pathways):
-        raise ValueError(
-            "`pathways` must be a non-empty list of [num_layers, kernel_size] pairs, "
-            f"e.g. [[2, 3], [2, 7]]. Received: pathways={pathways!r}"
-        )
+    pathways = check_sequence(pathways, "pathways",
+                              "be a non-empty list of [num_layers, kernel_size] pairs, e.g. [[2, 3], [2, 7]]")
     result = []
     for i, p in enumerate(pathways):
         if not hasattr(p, "__len__") or len(p) != 2:

@@ -18,8 +18,9 @@ of a branched layer belongs to branch ``c // (channels / N)``;
 import keras
 from keras import layers
 
-from branchzoo._validation import check_int
+from branchzoo._validation import check_int, check_int_list
 from branchzoo.layers import GroupedConv2D
+from branchzoo.models._common import check_input_shape
 from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
@@ -103,8 +104,7 @@ def alexnet(
     later_groups = check_int(later_groups, "later_groups", minimum=1)
     num_classes = check_int(num_classes, "num_classes", minimum=1)
     m = _check_multiplier(width_multiplier)
-    if len(input_shape) != 3:
-        raise ValueError(f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape!r}")
+    input_shape = check_input_shape(input_shape)
     c1 = _scaled(96, m, num_branches)
     c2 = _scaled(256, m, num_branches)
     c3 = _scaled(384, m, later_groups)
@@ -118,7 +118,7 @@ def alexnet(
         x = layer(filters, size, strides=strides, padding=padding, name=f"conv{index}", **kwargs)(x)
         return layers.ReLU(name=f"relu{index}")(x)
 
-    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    inputs = keras.Input(shape=input_shape, name="images")
     x = conv(inputs, c1, 11, 1, 1, strides=4, padding="valid")  # N branches at once: each reads the image
     x = layers.MaxPooling2D(3, 2, name="pool1")(x)
     x = conv(x, c2, 5, num_branches, 2)
@@ -194,12 +194,9 @@ def branched_stem_cnn(
     branch_filters = check_int(branch_filters, "branch_filters", minimum=1)
     kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
     num_classes = check_int(num_classes, "num_classes", minimum=1)
-    if isinstance(trunk_widths, (str, bytes)) or not hasattr(trunk_widths, "__len__") or not len(trunk_widths):
-        raise ValueError(f"`trunk_widths` must be a non-empty list of widths. Received: trunk_widths={trunk_widths!r}")
-    trunk_widths = [check_int(w, f"trunk_widths[{i}]", minimum=1) for i, w in enumerate(trunk_widths)]
-    if len(input_shape) != 3:
-        raise ValueError(f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape!r}")
-    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    trunk_widths = check_int_list(trunk_widths, "trunk_widths", "be a non-empty list of widths", minimum=1)
+    input_shape = check_input_shape(input_shape)
+    inputs = keras.Input(shape=input_shape, name="images")
     x = inputs
     for l in range(1, branch_layers + 1):
         filters = num_branches * branch_filters * 2 ** (l - 1)

@@ -30,9 +30,10 @@ tests/test_branch_sum.py counts them by hand.
 import keras
 from keras import layers
 
-from branchzoo._validation import check_int
+from branchzoo._validation import check_int, check_int_list, check_sequence
 from branchzoo.layers import BatchedDense, BranchSum, GroupedConv2D
 from branchzoo.layers.branch_sum import normalize_clamp
+from branchzoo.models._common import basic_block, batch_norm, check_input_shape, conv_stem
 from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
@@ -41,15 +42,6 @@ PAPER = "000_a8fb4f73aa903839.txt"
 # The branch-sum layer of every model here: analyses find it by this name or by type.
 BRANCH_SUM = "branch_sum"
 BRANCH_LOGITS = "branch_logits"
-
-
-def _check_common(num_branches, num_classes, input_shape, ndim=3):
-    num_branches = check_int(num_branches, "num_branches", minimum=1)
-    num_classes = check_int(num_classes, "num_classes", minimum=1)
-    if not hasattr(input_shape, "__len__") or len(input_shape) != ndim:
-        what = "(height, width, channels)" if ndim == 3 else f"a tuple of {ndim} dimension(s)"
-        raise ValueError(f"`input_shape` must be {what}. Received: input_shape={input_shape!r}")
-    return num_branches, num_classes, tuple(input_shape)
 
 
 def branched_resnet(
@@ -107,47 +99,31 @@ def branched_resnet(
     >>> tuple(model.output.shape), tuple(model.get_layer("branch_logits").output.shape)
     ((None, 10), (None, 3, 10))
     """
-    num_branches, num_classes, input_shape = _check_common(num_branches, num_classes, input_shape)
+    num_branches = check_int(num_branches, "num_branches", minimum=1)
+    num_classes = check_int(num_classes, "num_classes", minimum=1)
+    input_shape = check_input_shape(input_shape)
     base_width = check_int(base_width, "base_width", minimum=1)
-    if isinstance(blocks_per_stage, (str, bytes)) or not hasattr(blocks_per_stage, "__len__") \
-            or not len(blocks_per_stage):
-        raise ValueError(
-            "`blocks_per_stage` must be a non-empty list of block counts, e.g. [2, 2, 2, 2]. "
-            f"Received: blocks_per_stage={blocks_per_stage!r}"
-        )
-    blocks_per_stage = [check_int(b, f"blocks_per_stage[{i}]", minimum=1) for i, b in enumerate(blocks_per_stage)]
+    blocks_per_stage = check_int_list(blocks_per_stage, "blocks_per_stage",
+                                      "be a non-empty list of block counts, e.g. [2, 2, 2, 2]", minimum=1)
     normalize_clamp(logit_clamp)
     n = num_branches
+    bn = batch_norm(bn_momentum, bn_epsilon)
 
-    def bn(x, layer_name):
-        return layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=layer_name)(x)
-
-    def conv(x, width, kernel_size, strides, layer_name):
+    def conv(filters, kernel_size, strides, layer_name):
         return GroupedConv2D(
-            n * width, kernel_size, strides=strides, padding="same", groups=n, use_bias=False,
+            filters, kernel_size, strides=strides, padding="same", groups=n, use_bias=False,
             kernel_initializer=kernel_initializer, implementation=implementation, name=layer_name,
-        )(x)
+        )
 
     inputs = keras.Input(shape=input_shape, name="images")
-    x = layers.Conv2D(n * base_width, 3, padding="same", use_bias=False,
-                      kernel_initializer=kernel_initializer, name="stem_conv")(inputs)
-    x = layers.ReLU(name="stem_relu")(bn(x, "stem_bn"))
-    in_width = base_width
+    x = conv_stem(inputs, n * base_width, bn, kernel_initializer=kernel_initializer)
     for s, blocks in enumerate(blocks_per_stage, start=1):
         width = base_width * 2 ** (s - 1)
         for b in range(1, blocks + 1):
-            prefix = f"stage{s}_block{b}"
             stride = 2 if (b == 1 and s > 1) else 1
-            y = conv(x, width, 3, stride, f"{prefix}_conv1")
-            y = layers.ReLU(name=f"{prefix}_relu1")(bn(y, f"{prefix}_bn1"))
-            y = bn(conv(y, width, 3, 1, f"{prefix}_conv2"), f"{prefix}_bn2")
-            shortcut = x
-            if stride != 1 or in_width != width:
-                shortcut = bn(conv(x, width, 1, stride, f"{prefix}_shortcut_conv"), f"{prefix}_shortcut_bn")
-            x = layers.ReLU(name=f"{prefix}_relu2")(layers.Add(name=f"{prefix}_add")([y, shortcut]))
-            in_width = width
+            x = basic_block(x, n * width, stride, f"stage{s}_block{b}", conv, bn, last_relu="relu2")
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = layers.Reshape((n, in_width), name="branch_features")(x)
+    x = layers.Reshape((n, width), name="branch_features")(x)
     x = BatchedDense(num_classes, num_modules=n, dtype=head_policy(), name=BRANCH_LOGITS)(x)
     outputs = BranchSum(n, logit_clamp=logit_clamp, return_branches=return_branches, dtype=head_policy(),
                         name=BRANCH_SUM)(x)
@@ -256,15 +232,12 @@ def branched_mlp(
     """
     num_branches = check_int(num_branches, "num_branches", minimum=1)
     num_classes = check_int(num_classes, "num_classes", minimum=1)
-    if not hasattr(input_shape, "__len__") or not len(input_shape):
-        raise ValueError(f"`input_shape` must be a non-empty tuple. Received: input_shape={input_shape!r}")
-    if isinstance(hidden_units, (str, bytes)) or not hasattr(hidden_units, "__len__"):
-        raise ValueError(f"`hidden_units` must be a list of widths. Received: hidden_units={hidden_units!r}")
-    hidden_units = [check_int(u, f"hidden_units[{i}]", minimum=1) for i, u in enumerate(hidden_units)]
+    input_shape = tuple(check_sequence(input_shape, "input_shape", "be a non-empty tuple"))
+    hidden_units = check_int_list(hidden_units, "hidden_units", "be a list of widths", minimum=1, allow_empty=True)
     normalize_clamp(logit_clamp)
     n = num_branches
     head = dtype if dtype is not None else head_policy()  # float32 heads under a mixed policy
-    inputs = keras.Input(shape=tuple(input_shape), name="inputs", dtype=dtype)
+    inputs = keras.Input(shape=input_shape, name="inputs", dtype=dtype)
     x = layers.Flatten(name="flatten", dtype=dtype)(inputs)
     if hidden_units:
         x = layers.Dense(n * hidden_units[0], activation=activation, kernel_initializer=kernel_initializer,

@@ -19,8 +19,11 @@ growth rate 32, blocks 4, 4, 4, 4, 64 initial features, bottleneck 4):
 import keras
 from keras import layers
 
-from branchzoo._validation import check_int
-from branchzoo.models._common import check_input_shape, check_multiplier, check_stem, kaiming_normal, scaled
+from branchzoo._validation import check_int, check_int_list
+from branchzoo.layers.densenet_bc import densenet_bc_layout
+from branchzoo.models._common import (
+    batch_norm, check_input_shape, check_multiplier, check_stem, conv_stem, kaiming_normal, scaled,
+)
 from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
@@ -85,9 +88,7 @@ def densenet(
     num_classes = check_int(num_classes, "num_classes", minimum=1)
     input_shape = check_input_shape(input_shape)
     stem = check_stem(stem)
-    if isinstance(blocks, (str, bytes)) or not hasattr(blocks, "__len__") or not len(blocks):
-        raise ValueError(f"`blocks` must be a non-empty list of integers. Received: blocks={blocks!r}")
-    blocks = [check_int(b, f"blocks[{i}]", minimum=1) for i, b in enumerate(blocks)]
+    blocks = check_int_list(blocks, "blocks", minimum=1)
     growth = scaled(growth_rate, multiplier, "growth_rate")
     features = scaled(num_init_features, multiplier, "num_init_features")
     bn_size = check_int(bn_size, "bn_size", minimum=1)
@@ -97,28 +98,16 @@ def densenet(
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
 
     conv_init = kaiming_normal("fan_in")
+    bn = batch_norm(bn_momentum, bn_epsilon)
 
-    def bn(layer_name):
-        return layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=layer_name)
-
-    def conv(filters, size, layer_name, strides=1, padding="same"):
-        return layers.Conv2D(filters, size, strides=strides, padding=padding, use_bias=False,
+    def conv(filters, size, layer_name):
+        return layers.Conv2D(filters, size, strides=1, padding="same", use_bias=False,
                              kernel_initializer=conv_init, name=layer_name)
 
     inputs = keras.Input(shape=input_shape, name="images")
-    if stem == "imagenet":
-        x = layers.ZeroPadding2D(3, name="stem_pad")(inputs)
-        x = conv(features, 7, "stem_conv", strides=2, padding="valid")(x)
-    else:
-        x = conv(features, 3, "stem_conv")(inputs)
-    x = bn("stem_bn")(x)
-    x = layers.ReLU(name="stem_relu")(x)
-    if stem == "imagenet":
-        x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)  # inputs >= 0: zeros act as -inf
-        x = layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
-    for s, count in enumerate(blocks, start=1):
-        for l in range(1, count + 1):
-            p = f"block{s}_layer{l}"
+    x = conv_stem(inputs, features, bn, stem=stem, kernel_initializer=conv_init)
+    for block in densenet_bc_layout(blocks, growth, features, compression):
+        for p, _, _ in block.layers:
             y = bn(f"{p}_bn1")(x)
             y = layers.ReLU(name=f"{p}_relu1")(y)
             y = conv(bn_size * growth, 1, f"{p}_conv1")(y)
@@ -128,13 +117,12 @@ def densenet(
             if dropout:
                 y = layers.Dropout(dropout, name=f"{p}_dropout")(y)
             x = layers.Concatenate(name=f"{p}_concat")([x, y])
-            features += growth
-        if s < len(blocks):
-            features = int(features * compression)
-            x = bn(f"transition{s}_bn")(x)
-            x = layers.ReLU(name=f"transition{s}_relu")(x)
-            x = conv(features, 1, f"transition{s}_conv")(x)
-            x = layers.AveragePooling2D(2, name=f"transition{s}_pool")(x)
+        if block.transition:
+            p, _, out = block.transition
+            x = bn(f"{p}_bn")(x)
+            x = layers.ReLU(name=f"{p}_relu")(x)
+            x = conv(out, 1, f"{p}_conv")(x)
+            x = layers.AveragePooling2D(2, name=f"{p}_pool")(x)
     x = bn("final_bn")(x)
     x = layers.ReLU(name="final_relu")(x)
     if include_top:

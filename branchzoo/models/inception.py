@@ -25,6 +25,7 @@ import keras
 from keras import layers
 
 from branchzoo._validation import check_int
+from branchzoo.models._common import check_input_shape
 from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
@@ -106,8 +107,7 @@ def inception_v1(
     m = float(width_multiplier)
     if not m > 0:
         raise ValueError(f"`width_multiplier` must be > 0. Received: width_multiplier={width_multiplier!r}")
-    if len(input_shape) != 3:
-        raise ValueError(f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape!r}")
+    input_shape = check_input_shape(input_shape)
 
     def conv(x, filters, size, layer_name, strides=1):
         x = layers.Conv2D(_width(filters, m), size, strides=strides, padding="same", use_bias=not batch_norm,
@@ -116,7 +116,7 @@ def inception_v1(
             x = layers.BatchNormalization(name=f"{layer_name}_bn")(x)
         return layers.ReLU(name=layer_name)(x)
 
-    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    inputs = keras.Input(shape=input_shape, name="images")
     x = conv(inputs, 64, 7, "conv2d0", strides=2)
     x = layers.MaxPooling2D(3, 2, padding="same", name="maxpool0")(x)
     x = conv(x, 64, 1, "conv2d1")

@@ -20,7 +20,7 @@ import inspect
 
 import keras
 
-from branchzoo._validation import check_int
+from branchzoo._validation import check_int, check_sequence
 from branchzoo.layers import ModularLossEnsemble
 from branchzoo.layers.ensemble import normalize_active_modules
 from branchzoo.registry import register_builder
@@ -29,9 +29,8 @@ PAPER = "004_226906bbadadb648.txt"
 
 
 def _ensemble_model(layer, input_shape, name):
-    if len(input_shape) < 1:
-        raise ValueError(f"`input_shape` must be the shape of one example. Received: input_shape={input_shape!r}")
-    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    input_shape = tuple(check_sequence(input_shape, "input_shape", "be the shape of one example"))
+    inputs = keras.Input(shape=input_shape, name="images")
     return keras.Model(inputs, layer(inputs), name=name)
 
 

@@ -16,9 +16,10 @@ pathways of ``n_p`` conv layers of kernel ``s_p`` side by side and sums them
 import keras
 from keras import layers
 
-from branchzoo._validation import check_int
+from branchzoo._validation import check_int, check_int_list
 from branchzoo.layers import MultiPathBlock
 from branchzoo.layers.multipath import normalize_pathways
+from branchzoo.models._common import batch_norm, check_input_shape, conv_stem
 from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
@@ -96,23 +97,11 @@ def mpnet(
     pathways = normalize_pathways(pathways)
     blocks_per_stage = check_int(blocks_per_stage, "blocks_per_stage", minimum=1)
     num_classes = check_int(num_classes, "num_classes", minimum=1)
-    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__") or not len(widths):
-        raise ValueError(
-            f"`widths` must be a non-empty list of stage widths. Received: widths={widths!r}"
-        )
-    widths = [check_int(w, f"widths[{i}]", minimum=1) for i, w in enumerate(widths)]
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape!r}"
-        )
+    widths = check_int_list(widths, "widths", "be a non-empty list of stage widths", minimum=1)
+    input_shape = check_input_shape(input_shape)
 
-    inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = layers.Conv2D(
-        widths[0], 3, padding="same", use_bias=False,
-        kernel_initializer=kernel_initializer, name="stem_conv",
-    )(inputs)
-    x = layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="stem_bn")(x)
-    x = layers.ReLU(name="stem_relu")(x)
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = conv_stem(inputs, widths[0], batch_norm(bn_momentum, bn_epsilon), kernel_initializer=kernel_initializer)
     for s, width in enumerate(widths, start=1):
         for b in range(1, blocks_per_stage + 1):
             x = MultiPathBlock(

@@ -22,29 +22,14 @@ PyTorch pads both sides by 1: the same shapes and parameter counts).
 import keras
 from keras import layers
 
-from branchzoo._validation import check_int
-from branchzoo.models._common import check_input_shape, check_multiplier, check_stem, kaiming_normal, scaled
+from branchzoo._validation import check_int, check_int_list, check_sequence
+from branchzoo.models._common import (
+    basic_block, batch_norm, check_input_shape, check_multiplier, check_stem, conv_stem, kaiming_normal, scaled,
+)
 from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
 PAPER = "003_4bdb2e82324dbf00.txt"
-
-
-def _basic_block(x, width, stride, prefix, conv_init, bn):
-    shortcut = x
-    y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False,
-                      kernel_initializer=conv_init, name=f"{prefix}_conv1")(x)
-    y = bn(f"{prefix}_bn1")(y)
-    y = layers.ReLU(name=f"{prefix}_relu1")(y)
-    y = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=conv_init,
-                      name=f"{prefix}_conv2")(y)
-    y = bn(f"{prefix}_bn2")(y)
-    if stride != 1 or x.shape[-1] != width:
-        shortcut = layers.Conv2D(width, 1, strides=stride, use_bias=False, kernel_initializer=conv_init,
-                                 name=f"{prefix}_shortcut_conv")(x)
-        shortcut = bn(f"{prefix}_shortcut_bn")(shortcut)
-    y = layers.Add(name=f"{prefix}_add")([y, shortcut])
-    return layers.ReLU(name=f"{prefix}_out")(y)
 
 
 @register_builder("resnet", family="resnet", paper=PAPER)
@@ -97,40 +82,29 @@ def resnet(
     num_classes = check_int(num_classes, "num_classes", minimum=1)
     input_shape = check_input_shape(input_shape)
     stem = check_stem(stem)
-    for arg, value in (("blocks_per_stage", blocks_per_stage), ("widths", widths)):
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not len(value):
-            raise ValueError(f"`{arg}` must be a non-empty list of integers. Received: {arg}={value!r}")
+    blocks_per_stage = check_sequence(blocks_per_stage, "blocks_per_stage", "be a non-empty list of integers")
+    widths = check_sequence(widths, "widths", "be a non-empty list of integers")
     if len(blocks_per_stage) != len(widths):
         raise ValueError(
             "`blocks_per_stage` and `widths` must have one entry per stage. "
-            f"Received: blocks_per_stage={list(blocks_per_stage)!r}, widths={list(widths)!r}"
+            f"Received: blocks_per_stage={blocks_per_stage!r}, widths={widths!r}"
         )
-    blocks = [check_int(b, f"blocks_per_stage[{i}]", minimum=1) for i, b in enumerate(blocks_per_stage)]
+    blocks = check_int_list(blocks_per_stage, "blocks_per_stage", minimum=1)
     widths = [scaled(w, multiplier, f"widths[{i}]") for i, w in enumerate(widths)]
 
     conv_init = kaiming_normal("fan_out")
+    bn = batch_norm(bn_momentum, bn_epsilon)
 
-    def bn(layer_name):
-        return layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=layer_name)
+    def conv(filters, kernel_size, strides, layer_name):
+        return layers.Conv2D(filters, kernel_size, strides=strides, padding="same" if kernel_size > 1 else "valid",
+                             use_bias=False, kernel_initializer=conv_init, name=layer_name)
 
     inputs = keras.Input(shape=input_shape, name="images")
-    if stem == "imagenet":
-        x = layers.ZeroPadding2D(3, name="stem_pad")(inputs)
-        x = layers.Conv2D(widths[0], 7, strides=2, use_bias=False, kernel_initializer=conv_init,
-                          name="stem_conv")(x)
-    else:
-        x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, kernel_initializer=conv_init,
-                          name="stem_conv")(inputs)
-    x = bn("stem_bn")(x)
-    x = layers.ReLU(name="stem_relu")(x)
-    if stem == "imagenet":
-        # Zero padding equals PyTorch's -inf padding here: the inputs are >= 0 after the ReLU.
-        x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
-        x = layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+    x = conv_stem(inputs, widths[0], bn, stem=stem, kernel_initializer=conv_init)
     for s, (count, width) in enumerate(zip(blocks, widths), start=1):
         for b in range(1, count + 1):
             stride = 2 if (s > 1 and b == 1) else 1
-            x = _basic_block(x, width, stride, f"stage{s}_block{b}", conv_init, bn)
+            x = basic_block(x, width, stride, f"stage{s}_block{b}", conv, bn)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dense(num_classes, activation=classifier_activation, dtype=head_policy(), name="predictions")(x)

@@ -39,10 +39,11 @@ import keras
 import numpy as np
 from keras import layers
 
-from branchzoo._validation import check_int
+from branchzoo._validation import check_int, check_int_list
 from branchzoo.layers import GatedConnect, ResNeXtModule
 from branchzoo.layers.gated import CONNECTIVITIES
 from branchzoo.layers.resnext import OUTPUT_BN
+from branchzoo.models._common import batch_norm, check_input_shape, conv_stem
 from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
 
@@ -173,22 +174,15 @@ def resnext_cifar(
         )
     if stage_widths is None:
         stage_widths = CANONICAL_STAGE_WIDTHS
-    if isinstance(stage_widths, (str, bytes)) or not hasattr(stage_widths, "__len__") or len(stage_widths) != 3:
-        raise ValueError(
-            f"`stage_widths` must list the block output width of the 3 stages. "
-            f"Received: stage_widths={stage_widths!r}"
-        )
-    stage_widths = [check_int(v, f"stage_widths[{i}]", minimum=1) for i, v in enumerate(stage_widths)]
+    stage_widths = check_int_list(stage_widths, "stage_widths", "list the block output width of the 3 stages",
+                                  minimum=1, length=3)
     if output_bn is None:
         output_bn = "shared" if tuple(stage_widths) == CANONICAL_STAGE_WIDTHS else "per_block"
     if output_bn not in OUTPUT_BN:
         raise ValueError(f"`output_bn` must be one of {OUTPUT_BN} or None. Received: output_bn={output_bn!r}")
     num_classes = check_int(num_classes, "num_classes", minimum=1)
     stem_width = check_int(stem_width, "stem_width", minimum=1)
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"`input_shape` must be (height, width, channels). Received: input_shape={input_shape!r}"
-        )
+    input_shape = check_input_shape(input_shape)
     if seed is None and connectivity == "random":
         seed = int(np.random.SeedSequence().entropy % (2**30))
     elif seed is not None:
@@ -198,13 +192,8 @@ def resnext_cifar(
     num_modules = 3 * per_stage
     full = connectivity == "full"
 
-    inputs = keras.Input(shape=tuple(input_shape), name="images")
-    x = layers.Conv2D(
-        stem_width, 3, padding="same", use_bias=False, kernel_initializer=kernel_initializer,
-        name="stem_conv",
-    )(inputs)
-    x = layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="stem_bn")(x)
-    x = layers.ReLU(name="stem_relu")(x)
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = conv_stem(inputs, stem_width, batch_norm(bn_momentum, bn_epsilon), kernel_initializer=kernel_initializer)
     i = 0
     for s, out in enumerate(stage_widths):
         for b in range(per_stage):

@@ -17,7 +17,7 @@ intermediate solution), with the layout of the paper's reference code:
 import keras
 from keras import layers
 
-from branchzoo._validation import check_int
+from branchzoo._validation import check_int, check_sequence
 from branchzoo.models._common import check_input_shape, check_multiplier, kaiming_normal, scaled
 from branchzoo.precision import head_policy
 from branchzoo.registry import register_builder
@@ -76,14 +76,10 @@ def vgg(
     multiplier = check_multiplier(width_multiplier)
     num_classes = check_int(num_classes, "num_classes", minimum=1)
     input_shape = check_input_shape(input_shape)
-    if isinstance(stages, (str, bytes)) or not hasattr(stages, "__len__") or not len(stages):
-        raise ValueError(f"`stages` must be a non-empty list of lists of conv widths. Received: stages={stages!r}")
+    stages = check_sequence(stages, "stages", "be a non-empty list of lists of conv widths")
     widths = []
     for s, stage in enumerate(stages):
-        if isinstance(stage, (str, bytes)) or not hasattr(stage, "__len__") or not len(stage):
-            raise ValueError(
-                f"Each stage must be a non-empty list of conv widths. Received: stages[{s}]={stage!r}"
-            )
+        stage = check_sequence(stage, f"stages[{s}]", "be a non-empty list of conv widths")
         widths.append([scaled(w, multiplier, f"stages[{s}][{l}]") for l, w in enumerate(stage)])
     if not 0 <= dropout < 1:
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
