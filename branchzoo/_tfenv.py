@@ -27,10 +27,9 @@ except:
 
 Everything else (warnings, errors, tracebacks, other libraries' output)
 reaches stderr unchanged, once the import has returned or failed.
-``TF_CPP_MIN_LOG_LEVEL`` unset counts as 1 here (``python -m branchzoo.publish``
-imports TensorFlow, through ``branchzoo/__init__.py``, before its own first
-line can set a level); ``TF_CPP_MIN_LOG_LEVEL=0`` shows everything; the CLIs
-set 2. Nothing happens when TensorFlow is already imported.
+``TF_CPP_MIN_LOG_LEVEL`` unset counts as 1 here (a script or notebook that
+imports branchzoo sets no level); ``TF_CPP_MIN_LOG_LEVEL=0`` shows
+everything; the CLIs set 2. Nothing happens when TensorFlow is already imported.
 """
 
 import glob

@@ -2,7 +2,7 @@
 
 TensorFlow-only (summaries). `AnalysisCallback` logs any registered
 branchzoo.analysis to TensorBoard; `DecompositionImages` logs a
-BranchedGAN's decomposition grid every N generator steps.
+BranchedGenerator's decomposition grid every N steps.
 """
 
 import glob
@@ -371,20 +371,25 @@ def _is_scalar(value):
 class DecompositionImages(keras.callbacks.Callback):
     """Logs a decomposition grid (inputs, S(x), each branch, translations) to TensorBoard.
 
-    Every `every` generator updates (and once before the first), the
-    generator translates the same held-out `images` to `target_classes`;
-    the figure of `branchzoo.analysis.decomposition.decomposition_figure`
-    goes to ``<logdir>/images`` as the image summary ``decomposition``.
+    Every `every` training steps (and once before the first), the model's
+    `BranchedGenerator` translates the same held-out `images` to
+    `target_classes`; the figure of
+    `branchzoo.analysis.decomposition.decomposition_figure` goes to
+    ``<logdir>/images`` as the image summary ``decomposition``.
 
     Args:
         logdir: TensorBoard folder of the run.
         images: ``[rows, H, W, C]`` in [-1, 1].
         source_classes, target_classes: ``[rows]`` ints.
-        every: generator steps between two grids.
+        every: steps between two grids.
         class_names: names of the classes, for the row labels.
+        step: ``fn(model) -> int``, the steps taken so far, counting those
+            before a resume (default: ``model.optimizer.iterations``; a
+            model with several optimizers passes its task's
+            ``optimizer_iterations``).
     """
 
-    def __init__(self, logdir, images, source_classes, target_classes, every=200, class_names=None):
+    def __init__(self, logdir, images, source_classes, target_classes, every=200, class_names=None, step=None):
         super().__init__()
         self.logdir = logdir
         self.images = np.asarray(images, "float32")
@@ -392,12 +397,12 @@ class DecompositionImages(keras.callbacks.Callback):
         self.target_classes = np.asarray(target_classes, "int32")
         self.every = int(every)
         self.class_names = list(class_names or [])
+        self._step_of = step or _optimizer_steps
         self._writer = None
         self._last = None
 
     def _step(self):
-        optimizer = getattr(self.model, "g_optimizer", None)
-        return int(optimizer.iterations.numpy()) if optimizer is not None else 0
+        return int(self._step_of(self.model) or 0)
 
     def _name(self, c):
         return self.class_names[c] if c < len(self.class_names) else str(c)
@@ -406,7 +411,8 @@ class DecompositionImages(keras.callbacks.Callback):
         """Writes the grid of the current generator at `step`."""
         import tensorflow as tf
 
-        from branchzoo.analysis.decomposition import decomposition_figure, figure_to_array, find_generator
+        from branchzoo.analysis.decomposition import decomposition_figure, figure_to_array
+        from branchzoo.layers.branched_generator import find_generator
 
         out = find_generator(self.model)([self.images, self.target_classes], return_branches=True)
         branches = np.asarray(out["branches"])
@@ -437,3 +443,8 @@ class DecompositionImages(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _optimizer_steps(model):
+    optimizer = getattr(model, "optimizer", None)
+    return int(optimizer.iterations.numpy()) if optimizer is not None else 0

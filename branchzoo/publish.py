@@ -56,6 +56,7 @@ def publish_weights(name, run_dir=None, seed=0):
     """Trains `name` by its recipe, evaluates it and publishes weights and metrics."""
     import keras
 
+    import branchzoo
     from branchzoo import training, zoo
 
     entry = zoo.get_entry(name)
@@ -73,6 +74,7 @@ def publish_weights(name, run_dir=None, seed=0):
     )
 
     # A fresh, uncompiled model holds the weights: no optimizer state in the file.
+    branchzoo.register_keras_objects()
     trained = keras.models.load_model(checkpoint, compile=False)
     model = zoo.build(name)
     model.set_weights(trained.get_weights())
@@ -232,28 +234,35 @@ def main(argv=None):
                    help="write each card's comparison with its baseline entry, from both cards' metrics")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if not (args.names or args.parameters or args.table or args.comparisons):
+        p.error("name at least one model to publish, or pass --parameters")
     from branchzoo import zoo
 
-    if args.comparisons:
-        for line in publish_comparisons():
-            print(line)
-        return 0
+    try:  # a bad name, entry or builder: one line and exit 2, before anything is trained or written
+        for name in args.names:
+            zoo.builder(name)
+        if args.comparisons:
+            for line in publish_comparisons():
+                print(line)
+            return 0
+        if args.table:
+            table = models_table()
+            if args.readme:
+                write_readme_table(args.readme, table)
+            print(table)
+            return 0
+        if args.parameters:
+            publish_parameters(args.names or zoo.list_models())
+            return 0
+        from branchzoo import training
 
-    if args.table:
-        table = models_table()
-        if args.readme:
-            write_readme_table(args.readme, table)
-        print(table)
-        return 0
-    if args.parameters:
-        publish_parameters(args.names or zoo.list_models())
-        return 0
-    if not args.names:
-        p.error("name at least one model to publish, or pass --parameters")
+        for name in args.names:
+            training.resolve_run_config(name, seed=args.seed)  # checks the recipe; writes nothing
+    except (ValueError, FileNotFoundError) as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
     for name in args.names:
         publish_weights(name, seed=args.seed)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

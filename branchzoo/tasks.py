@@ -8,7 +8,9 @@ which (sub-)model is saved for serving. The plain classifier is one task;
 families that need more (a loss on [batch, modules, classes], a GAN's own
 ``train_step``) name their task in the recipe (``"task": ...``) or register
 it with their builder (`register_builder(..., task=...)`), never a special
-case in training.py or the CLIs.
+case in training.py or the CLIs. A task kept in a module of its own
+(`branchzoo.gan_task`) is declared in `TASKS` with that module, which is
+imported on the task's first lookup.
 
 The recipe itself (a zoo entry's ``"recipe"``) may hold:
 
@@ -28,10 +30,12 @@ The recipe itself (a zoo entry's ``"recipe"``) may hold:
 """
 
 import copy
-import difflib
 import fnmatch
 
-_TASKS = {}
+from branchzoo import registry
+
+# Tasks by name; a task that lives outside this module is declared with the module that registers it.
+TASKS = registry.Registry("task", modules={"class_transfer_gan": "branchzoo.gan_task"})
 
 # Optimizer settings a recipe (or one of its phases) may give.
 OPTIMIZER_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay",
@@ -76,40 +80,23 @@ def register_task(cls):
     """Registers a `Task` subclass under its ``name`` (class decorator)."""
     if not cls.name:
         raise ValueError(f"Task class {cls.__name__} needs a `name`.")
-    if cls.name in _TASKS and _TASKS[cls.name] is not cls:
-        raise ValueError(f"A task named '{cls.name}' is already registered.")
-    _TASKS[cls.name] = cls
-    return cls
+    return TASKS.register(cls.name, cls)
 
 
-def get_task(name):
-    """An instance of the task registered as `name`."""
-    _import_families()
-    try:
-        return _TASKS[name]()
-    except KeyError:
-        close = difflib.get_close_matches(str(name), list(_TASKS), n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown task {name!r}. Registered tasks: {sorted(_TASKS)}.{hint}"
-        ) from None
+def get_task(name, where=None):
+    """An instance of the task registered as `name` (`where`: what named it, for the error)."""
+    return TASKS.get(name, where)()
 
 
 def task_names():
-    _import_families()
-    return sorted(_TASKS)
+    return TASKS.names()
 
 
 def task_for(entry):
     """The task a zoo entry trains with: its recipe's ``"task"``, else its builder's."""
-    from branchzoo import registry
-
-    name = entry["recipe"].get("task") or registry.get_builder(entry["builder"]).get("task")
-    return get_task(name or "classification")
-
-
-def _import_families():
-    import branchzoo.models  # noqa: F401  (families register their tasks on import)
+    where = f"zoo entry {entry.get('_path', entry.get('name'))}"
+    name = entry["recipe"].get("task") or registry.get_builder(entry["builder"], where).get("task")
+    return get_task(name or "classification", where)
 
 
 # -- phases -------------------------------------------------------------------
@@ -324,7 +311,7 @@ def deserialize(obj, what):
     """A Keras object (loss, metric) from recipe data: a name or a serialised dict."""
     import keras
 
-    import branchzoo  # noqa: F401  (registers branchzoo's serialisable objects)
+    from branchzoo import losses  # noqa: F401  (registers the losses and metrics a recipe names)
 
     try:
         if isinstance(obj, dict):
@@ -391,6 +378,17 @@ class Task:
     def optimizer_iterations(self, model):
         """Training steps the optimizer has taken (``metrics.json``), None without one."""
         return int(model.optimizer.iterations.numpy()) if model.optimizer is not None else None
+
+    def analysis_sample(self, data, max_batches, batch_size, seed):
+        """At most `max_batches` batches of a split (`train_data` / `test_data`) for analyses.
+
+        A uniform sample of examples drawn with `seed`, not the first
+        batches: image folders come sorted by class.
+        """
+        from branchzoo.analysis.extraction import as_arrays
+
+        x, y = as_arrays(data, max_batches * batch_size, seed)
+        return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
 
     def summarize(self, results):
         """Evaluation results (``evaluate(return_dict=True)``) as metrics: every key, as floats."""

@@ -543,28 +543,19 @@ def _analysis_callbacks(p):
 def analysis_data(task, run, info, max_batches=None):
     """What analyses read: the test split and an unaugmented train split.
 
-    With `max_batches`, each split is a uniform seeded sample of that many
-    batches' worth of examples (not its first batches: image folders come
-    sorted by class).
+    With `max_batches`, each split is the task's sample of at most that
+    many batches (`Task.analysis_sample`).
     """
-    from branchzoo.analysis.extraction import as_arrays
     from branchzoo.analysis.registry import AnalysisData
 
     plain = dict(run, augment=False, steps_per_epoch=None)
     train = task.train_data(plain, 0, 1) if info.num_examples.get("train") else None
     test = task.test_data(run)
     if max_batches:
-        limit, batch = max_batches * run["batch_size"], run["batch_size"]
-
-        def sample(data, offset):
-            spec = getattr(data, "element_spec", None)
-            if not (isinstance(spec, tuple) and len(spec) == 2 and all(hasattr(s, "shape") for s in spec)):
-                return data.take(max_batches)  # not (x, y) batches (e.g. pairs): the first batches
-            x, y = as_arrays(data, limit, run.get("seed", 0) + offset)
-            return [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
-
-        train = sample(train, 0) if train is not None else None
-        test = sample(test, 1)
+        seed = run.get("seed", 0)
+        if train is not None:
+            train = task.analysis_sample(train, max_batches, run["batch_size"], seed)
+        test = task.analysis_sample(test, max_batches, run["batch_size"], seed + 1)
     return AnalysisData(
         train=train,
         test=test,
@@ -660,8 +651,10 @@ def evaluate(model=None, checkpoint=None, weights="default", dataset=None, data_
     """
     import keras
 
-    import branchzoo  # noqa: F401  (registers the layers before load_model)
+    import branchzoo
     from branchzoo import data
+
+    branchzoo.register_keras_objects()  # a checkpoint loads without custom_objects
 
     if (model is None) == (checkpoint is None):
         raise ValueError(

@@ -13,7 +13,6 @@ on it by ``evaluate.py``.
 """
 
 import copy
-import difflib
 import fnmatch
 import json
 import math
@@ -53,11 +52,12 @@ _CACHE = {}
 
 
 def _entries():
-    """Reads (once per zoo folder) every entry; returns (entries, aliases)."""
+    """Reads (once per zoo folder) every entry; returns a `Registry` of entries by name and alias."""
     folder = zoo_dir()
     if folder in _CACHE:
         return _CACHE[folder]
-    entries, aliases = {}, {}
+    entries = registry.Registry("model name", plural="models",
+                                listing="See branchzoo.list_models() for every registered model.")
     for fname in sorted(os.listdir(folder)):
         if not fname.endswith(".json"):
             continue
@@ -76,15 +76,18 @@ def _entries():
                 f"called '{entry['name']}.json'."
             )
         entry["_path"] = path
-        entries[entry["name"]] = entry
+        if entry["name"] in entries:
+            raise ValueError(f"Zoo entry {path} is named '{entry['name']}', an alias of "
+                             f"'{entries.get(entry['name'])['name']}'.")
+        entries.register(entry["name"], entry)
         for alias in entry.get("aliases", []):
-            if alias in aliases:
+            if alias in entries:
                 raise ValueError(
-                    f"Alias '{alias}' is claimed by both '{aliases[alias]}' and '{entry['name']}'."
+                    f"Alias '{alias}' is claimed by both '{entries.get(alias)['name']}' and '{entry['name']}'."
                 )
-            aliases[alias] = entry["name"]
-    _CACHE[folder] = (entries, aliases)
-    return entries, aliases
+            entries.register(alias, entry)
+    _CACHE[folder] = entries
+    return entries
 
 
 def clear_cache():
@@ -102,11 +105,10 @@ def list_models(pattern="*", pretrained=False):
     Returns:
         Sorted list of model names (aliases are not listed).
     """
-    entries, _ = _entries()
     return sorted(
         name
-        for name, entry in entries.items()
-        if fnmatch.fnmatch(name, pattern) and (entry.get("weights") or not pretrained)
+        for name, entry in _entries().items()
+        if name == entry["name"] and fnmatch.fnmatch(name, pattern) and (entry.get("weights") or not pretrained)
     )
 
 
@@ -114,18 +116,13 @@ def get_entry(name):
     """The zoo entry (a dict, read-only by convention) for `name` or an alias."""
     if not isinstance(name, str):
         raise TypeError(f"`name` must be a model name string. Received: name={name!r}")
-    entries, aliases = _entries()
-    resolved = aliases.get(name, name)
-    if resolved in entries:
-        return entries[resolved]
-    known = sorted(entries) + sorted(aliases)
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    close += [k for k in known if name.lower() in k and k not in close][: 5 - len(close)]
-    hint = f" Close matches: {', '.join(close)}." if close else ""
-    raise ValueError(
-        f"Unknown model name '{name}'.{hint} "
-        "See branchzoo.list_models() for every registered model."
-    )
+    return _entries().get(name)
+
+
+def builder(name):
+    """The registry record of the builder that the entry `name` names (`registry.get_builder`)."""
+    entry = get_entry(name)
+    return registry.get_builder(entry["builder"], where=f"zoo entry {entry['_path']}")
 
 
 def resolve_name(name):
@@ -145,7 +142,7 @@ def check_builder_arguments(name, arguments):
     """Raises ValueError naming any of `arguments` that the builder of `name` does not take."""
     import inspect
 
-    fn = registry.get_builder(get_entry(name)["builder"])["fn"]
+    fn = builder(name)["fn"]
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
@@ -171,7 +168,7 @@ def build(name, **overrides):
         A `keras.Model`.
     """
     entry = get_entry(name)
-    record = registry.get_builder(entry["builder"])
+    record = builder(name)
     check_builder_arguments(name, overrides)
     config = resolved_config(name, **overrides)
     config.setdefault("name", entry["name"])
@@ -198,13 +195,13 @@ def model_card(name):
     ``python -m branchzoo.publish``; None until both are published).
     """
     entry = get_entry(name)
-    record = registry.get_builder(entry["builder"])
+    family = registry.builder_family(entry["builder"], where=f"zoo entry {entry['_path']}")
     card = {
         "name": entry["name"],
         "aliases": list(entry.get("aliases", [])),
-        "family": record["family"],
+        "family": family,
         "builder": entry["builder"],
-        "paper": entry.get("paper", record["paper"]),
+        "paper": entry["paper"] if "paper" in entry else builder(name)["paper"],
         "description": entry.get("description", ""),
         "config": entry["config"],
         "parameters": entry.get("parameters"),

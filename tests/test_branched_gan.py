@@ -625,7 +625,7 @@ def test_docstring_examples_run():
     import importlib
 
     for name in ("branchzoo.layers.branched_generator", "branchzoo.models.branched_gan",
-                 "branchzoo.analysis.decomposition"):
+                 "branchzoo.analysis.decomposition", "branchzoo.gan_task"):
         module = importlib.import_module(name)  # (branchzoo.models.branched_gan is also the builder)
         failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert attempted > 0 and failed == 0, name

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -72,6 +73,34 @@ def test_train_user_errors_exit_2_and_write_nothing(args, words, tmp_path, capsy
     for word in words:
         assert word in err
     assert not out.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("cli", ["train", "evaluate", "publish"])
+def test_user_preset_with_a_misspelt_builder_exit_2_and_write_nothing(cli, tmp_path, capsys, monkeypatch):
+    from branchzoo import publish, zoo
+
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    entry = {"name": "my_mpnet", "builder": "mpnte", "config": {}, "dataset": "digits", "paper": "mine",
+             "recipe": {"dataset": "digits", "epochs": 1, "batch_size": 8, "lr": 0.1}}
+    (folder / "my_mpnet.json").write_text(json.dumps(entry))
+    monkeypatch.setenv("BRANCHZOO_ZOO_DIR", str(folder))
+    zoo.clear_cache()
+    out = tmp_path / "run"
+    main = {"train": TRAIN.main, "evaluate": EVALUATE.main, "publish": publish.main}[cli]
+    argv = {"train": ["--model", "my_mpnet", "--output", str(out)],
+            "evaluate": ["--model", "my_mpnet", "--output", str(out / "e.json")],
+            "publish": ["my_mpnet"]}[cli]
+    try:
+        code, err = run_in_process(types.SimpleNamespace(main=main), argv, capsys)
+    finally:
+        zoo.clear_cache()
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "error: Unknown builder 'mpnte' in zoo entry" in err and "my_mpnet.json" in err
+    assert "Close matches: mpnet" in err
+    assert not out.exists() and sorted(p.name for p in folder.iterdir()) == ["my_mpnet.json"]
+    assert json.loads((folder / "my_mpnet.json").read_text()) == entry
 
 
 def _unwritable(kind, tmp_path):

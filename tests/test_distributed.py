@@ -452,7 +452,9 @@ def test_killed_worker_then_resumed_job_loses_nothing(tmp_path, monkeypatch):
     """
     import keras
 
-    import branchzoo  # noqa: F401  (registers the layers)
+    import branchzoo
+
+    branchzoo.register_keras_objects()  # no custom_objects below
 
     out, straight, export = tmp_path / "run", tmp_path / "straight", tmp_path / "export"
     args = ["train.py", "--model", "mpnet_tiny_digits", "--epochs", "3", "--batch-size", "128", *SHALLOW,

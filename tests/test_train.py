@@ -54,7 +54,9 @@ def check_run_outputs(out, logdir, export, epochs):
     import keras
     import tensorflow as tf
 
-    import branchzoo  # noqa: F401  (registers the layers: no custom_objects below)
+    import branchzoo
+
+    branchzoo.register_keras_objects()  # no custom_objects below
 
     config = read_json(os.path.join(out, "config.json"))
     metrics = read_json(os.path.join(out, "metrics.json"))

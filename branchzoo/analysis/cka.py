@@ -28,6 +28,7 @@ All arithmetic is float64.
 
 import numpy as np
 
+from branchzoo.analysis import extraction, plots
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
 from branchzoo.precision import to_numpy
 
@@ -403,8 +404,6 @@ def cka_with_output(model, data, layers=None, max_examples=2000, kernel="linear"
     Returns:
         ``(infos, {name: CKA})``.
     """
-    from branchzoo.analysis import extraction
-
     infos = extraction.select_layers(model, layers)
     x, y = extraction.as_arrays(data, max_examples, seed)
     values = {}
@@ -460,9 +459,6 @@ def cka_analysis(model, data, layers=None, max_examples=2000, heatmap_examples=1
 
     Reads ``data.test``. Keyword arguments go to `cka_with_output`.
     """
-    from branchzoo.analysis import extraction, plots
-    from branchzoo.analysis.probes import pathway_means
-
     if data.test is None:
         raise ValueError("The 'cka' analysis needs `data.test`. Received: data.test=None")
     seed = kwargs.pop("seed", data.seed)
@@ -471,7 +467,7 @@ def cka_analysis(model, data, layers=None, max_examples=2000, heatmap_examples=1
     titles = extraction.pathway_names(model)
     numbers = {
         "mean_cka_with_output": float(np.nanmean(list(values.values()))),
-        **pathway_means(infos, values, "mean_cka_with_output"),
+        **extraction.pathway_means(infos, values, "mean_cka_with_output"),
         "kernel": kernel,
         "debiased": bool(debiased),
         "layers": [i.name for i in infos],

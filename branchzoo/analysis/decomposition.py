@@ -19,6 +19,7 @@ Figures; the ``"decomposition"`` analysis runs them on a model holding a
 import numpy as np
 
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
+from branchzoo.layers.branched_generator import find_generator
 from branchzoo.precision import to_numpy
 
 
@@ -153,23 +154,6 @@ def figure_to_array(fig, dpi=80):
 
 
 # -- on a model -----------------------------------------------------------------
-
-
-def find_generator(model):
-    """The `BranchedGenerator` layer inside `model` (a GAN, a generator model or the layer)."""
-    from branchzoo.layers import BranchedGenerator
-
-    if isinstance(model, BranchedGenerator):
-        return model
-    found = [l for l in model._flatten_layers(include_self=False, recursive=True)
-             if isinstance(l, BranchedGenerator)] if hasattr(model, "_flatten_layers") else []
-    if not found:
-        raise ValueError(
-            "The decomposition analysis needs a model holding a branchzoo.layers.BranchedGenerator "
-            f"(e.g. a BranchedGAN). Received: {getattr(model, 'name', model)!r} "
-            f"({type(model).__name__}), which has none."
-        )
-    return found[0]
 
 
 def split_batch(batch, num_classes):

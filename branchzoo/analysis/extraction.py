@@ -422,6 +422,16 @@ def as_arrays(data, max_examples=None, seed=0):
     return reservoir_x[:count], reservoir_y[:count]
 
 
+def pathway_means(infos, values, prefix):
+    """``{prefix/pathway: mean}`` over each pathway's own outputs (``main``: all of them)."""
+    groups = {}
+    for info in infos:
+        if info.pathway == "shared" or values.get(info.name) is None:
+            continue
+        groups.setdefault(info.pathway, []).append(values[info.name])
+    return {f"{prefix}/{p}": float(np.mean(v)) for p, v in sorted(groups.items())}
+
+
 def adaptive_average_pool(maps, size=4):
     """Adaptive average pooling of channels-last maps ``[n, H, W, C]`` to ``[n, size, size, C]``.
 

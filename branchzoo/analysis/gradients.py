@@ -31,7 +31,6 @@ import numpy as np
 
 from branchzoo._validation import check_int
 from branchzoo.analysis import extraction, plots
-from branchzoo.analysis.probes import pathway_means
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
 
 
@@ -281,7 +280,7 @@ def gradients_analysis(model, data, layers=None, max_batches=8, batch_size=64, r
         split = "train" if data.train is not None else "test"
         source = f"current weights, {max_batches} {split} batches of {batch_size} (not accumulated over training)"
     numbers = {
-        **pathway_means(infos, values, "abs_mean_gradient"),
+        **extraction.pathway_means(infos, values, "abs_mean_gradient"),
         "source": source,
         "split": split,
         "layers": [i.name for i in infos],

@@ -78,7 +78,7 @@ class ProbeResult:
             "num_test": self.num_test,
             "not_converged": self.not_converged,
         }
-        numbers.update(pathway_means(self.layers, self.accuracy, "mean_accuracy"))
+        numbers.update(extraction.pathway_means(self.layers, self.accuracy, "mean_accuracy"))
         numbers.update({
             "layers": names,
             "pathway": {info.name: info.pathway for info in self.layers},
@@ -90,16 +90,6 @@ class ProbeResult:
             "seconds": dict(self.seconds),
         })
         return numbers
-
-
-def pathway_means(infos, values, prefix):
-    """``{prefix/pathway: mean}`` over each pathway's own outputs (``main``: all of them)."""
-    groups = {}
-    for info in infos:
-        if info.pathway == "shared" or values.get(info.name) is None:
-            continue
-        groups.setdefault(info.pathway, []).append(values[info.name])
-    return {f"{prefix}/{p}": float(np.mean(v)) for p, v in sorted(groups.items())}
 
 
 MAX_ITER = 5000

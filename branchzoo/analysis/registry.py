@@ -12,10 +12,17 @@ CLIs and the TensorBoard callback only ever look them up here.
 """
 
 import dataclasses
-import difflib
 import os
 
-_ANALYSES = {}
+from branchzoo.registry import Registry
+
+
+def _import_families():
+    """Imports the modules that register analyses."""
+    import branchzoo.analysis  # noqa: F401
+
+
+ANALYSES = Registry("analysis", plural="analyses", load=_import_families)
 
 
 @dataclasses.dataclass
@@ -56,9 +63,7 @@ def register_analysis(name, description=""):
     """Registers ``fn(model, data) -> AnalysisResult`` under `name` (decorator)."""
 
     def decorator(fn):
-        if name in _ANALYSES and _ANALYSES[name]["fn"] is not fn:
-            raise ValueError(f"An analysis named '{name}' is already registered.")
-        _ANALYSES[name] = {"fn": fn, "description": description or (fn.__doc__ or "").split("\n")[0]}
+        ANALYSES.register(name, {"fn": fn, "description": description or (fn.__doc__ or "").split("\n")[0]})
         return fn
 
     return decorator
@@ -66,21 +71,12 @@ def register_analysis(name, description=""):
 
 def analysis_names():
     """Names of every registered analysis, sorted."""
-    _import_families()
-    return sorted(_ANALYSES)
+    return ANALYSES.names()
 
 
 def get_analysis(name):
-    """The registered function called `name`; ValueError with close matches otherwise."""
-    _import_families()
-    try:
-        return _ANALYSES[name]["fn"]
-    except KeyError:
-        close = difflib.get_close_matches(str(name), list(_ANALYSES), n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown analysis {name!r}. Registered analyses: {sorted(_ANALYSES)}.{hint}"
-        ) from None
+    """The registered function called `name`; `branchzoo.registry.UnknownName` with close matches otherwise."""
+    return ANALYSES.get(name)["fn"]
 
 
 def parse_analysis_names(text):
@@ -140,8 +136,3 @@ def _jsonable(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
-
-
-def _import_families():
-    """Imports the modules that register analyses (once)."""
-    import branchzoo.analysis  # noqa: F401

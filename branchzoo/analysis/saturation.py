@@ -26,7 +26,6 @@ delve's rule (delve-team/delve, ``delve/metrics.py``,
 import numpy as np
 
 from branchzoo.analysis import extraction, plots, tail
-from branchzoo.analysis.probes import pathway_means
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
 from branchzoo.precision import to_numpy
 
@@ -221,7 +220,7 @@ def saturation_analysis(model, data, layers=None, max_examples=None, split="test
     values = out["saturation"]
     numbers = {
         "mean_saturation": float(np.mean(list(values.values()))),
-        **pathway_means(infos, values, "mean_saturation"),
+        **extraction.pathway_means(infos, values, "mean_saturation"),
         "samples": out["samples"],
         "layers": [i.name for i in infos],
         "pathway": {i.name: i.pathway for i in infos},

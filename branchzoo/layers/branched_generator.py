@@ -617,6 +617,27 @@ class BranchedGenerator(keras.layers.Layer):
         return config
 
 
+def find_generator(model):
+    """The `BranchedGenerator` layer inside `model` (a GAN, a generator model or the layer itself).
+
+    Example:
+
+    >>> layer = BranchedGenerator(2, 2, dim_in=4, max_dim=8)
+    >>> find_generator(layer) is layer
+    True
+    """
+    if isinstance(model, BranchedGenerator):
+        return model
+    found = [l for l in model._flatten_layers(include_self=False, recursive=True)
+             if isinstance(l, BranchedGenerator)] if hasattr(model, "_flatten_layers") else []
+    if not found:
+        raise ValueError(
+            "`model` must hold a branchzoo.layers.BranchedGenerator (e.g. a BranchedGAN). "
+            f"Received: {getattr(model, 'name', model)!r} ({type(model).__name__}), which has none."
+        )
+    return found[0]
+
+
 @keras.saving.register_keras_serializable(package="branchzoo")
 class MultiDomainDiscriminator(keras.layers.Layer):
     """StarGAN v2's multi-domain discriminator: one real/fake logit per class.
