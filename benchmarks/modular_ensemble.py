@@ -1,6 +1,6 @@
 """Training-step time of a batched modular ensemble against one wide MLP and M separate branches.
 
-After 004_226906bbadadb648.txt, Sec. 3.3 and 4.1: 256-M-4-H (one `ModularLossEnsemble`: a Dense(1024) and a
+After Webb et al. (2019), Sec. 3.3 and 4.1: 256-M-4-H (one `ModularLossEnsemble`: a Dense(1024) and a
 `BatchedDense` output layer) against 1-M-1024-H (the same parameter count) and the ensemble as 256 separate
 Keras branches (Dense(4) -> Dense(10), stacked; given the ensemble's weights, checked to reproduce its outputs).
 ``train_on_batch`` with SGD (momentum 0.9) and `ModularLoss(0.95)` on random 28x28x1 images, batch 100, in one

@@ -3,7 +3,7 @@
 Importing TensorFlow prints log lines before absl's logging is initialised,
 so ``TF_CPP_MIN_LOG_LEVEL`` does not reach them, and the CUDA build of
 TensorFlow logs ``failed call to cuInit: ... UNKNOWN ERROR (303)`` at ERROR
-level when it first lists devices on a machine without a GPU (issue 9). On
+level when it first lists devices on a machine without a GPU. On
 every ``train.py`` / ``evaluate.py`` / ``publish`` run on a CPU-only machine
 that is five to eight lines of noise, one of them looking like an error.
 
@@ -171,13 +171,15 @@ def quiet_tensorflow_startup():
     dropped.
 
     Returns:
-        True when the hook is in place.
+        True when the hook is in place; False when TensorFlow is already
+        imported (``import branchzoo`` calls it before anything imports
+        TensorFlow).
 
-    Example:
+    Example (too late here: TensorFlow is imported first):
 
-    >>> quiet_tensorflow_startup()  # doctest: +SKIP
-    True
-    >>> import tensorflow  # doctest: +SKIP
+    >>> import tensorflow
+    >>> quiet_tensorflow_startup()
+    False
     """
     if "tensorflow" in sys.modules:
         return False
@@ -199,7 +201,7 @@ def onednn_default(environ=None, machine=None, tensorflow_imported=None):
     convolution gradients are slow. A whole training step of mpnet_tiny_digits
     on this project's 2-core CPU with oneDNN limited to AVX2 (as on a CPU
     without AVX-512), quiet, took 2.53x PyTorch's with oneDNN off and 1.05x
-    with it on (issue 15; ``python benchmarks/train_step.py --isa avx2
+    with it on (``python benchmarks/train_step.py --isa avx2
     [--onednn off]``, benchmarks/README.md). So branchzoo turns it on on every x86-64 CPU,
     unless the variable is already set (``TF_ENABLE_ONEDNN_OPTS=0`` keeps it
     off) or TensorFlow is already imported (then it is too late to choose).

@@ -151,8 +151,8 @@ class TensorBoard(keras.callbacks.TensorBoard):
     """`keras.callbacks.TensorBoard` that also writes the op graph.
 
     Keras 3 (checked on 3.15) only writes the train-function graph when that
-    function is itself a `tf.function`, which it no longer is, so the Graphs
-    dashboard showed nothing but the conceptual Keras model. This writes the
+    function is itself a `tf.function`, which in Keras 3 it is not, so the
+    Graphs dashboard would show nothing but the conceptual Keras model. This writes the
     graph of a forward pass instead, once, at the first batch: of
     `graph_model` when given (e.g. the generator of a GAN, a functional
     model inside a subclassed one), else of the model being fitted. A model
@@ -181,9 +181,8 @@ class TensorBoard(keras.callbacks.TensorBoard):
 
 
 # -----------------------------------------------------------------------------
-# Analysis callback (issue 12). A self-contained section appended at the end of
-# the file: it runs analyses registered in branchzoo.analysis.registry every N
-# epochs and logs their figures and top-level scalars to TensorBoard.
+# Analysis callback: runs analyses registered in branchzoo.analysis.registry every
+# N epochs and logs their figures and top-level scalars to TensorBoard.
 # -----------------------------------------------------------------------------
 
 
@@ -196,7 +195,7 @@ class AnalysisCallback(keras.callbacks.Callback):
     every top-level scalar number as ``<analysis>/<key>`` (plus
     ``<analysis>/seconds``, the time it took), at step = epoch index, like
     Keras' epoch summaries. ``train.py --analysis saturation,probes
-    --analysis-every N`` is this callback. (After 003_4bdb2e82324dbf00.txt:
+    --analysis-every N`` is this callback. (After Richter et al. 2022:
     probes, saturation, CKA and gradient flow during training.) An analysis
     with a ``recorder`` attribute (gradient flow) gets it created at the start
     of training, attached to the model's optimizer, and passed back as

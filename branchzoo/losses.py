@@ -1,7 +1,6 @@
 """The modular loss of jointly trained ensembles and its metrics; the BranchSum classifier's loss.
 
-After 004_226906bbadadb648.txt (Webb et al., "Joint Training of Neural
-Network Ensembles"), Sec. 2-3, and ../shared/docs/SPEC-NOTES.md, section 2.
+After Webb et al. (2019), Sec. 2-3.
 
 An ensemble of ``M`` modules predicts, for every example, the natural
 parameters ``eta_j`` of ``M`` distributions of one natural exponential family
@@ -28,7 +27,7 @@ target only are dropped: they change neither the gradient nor Eq. 4-6):
   eta_k`` (PyTorch's ``PoissonNLLLoss(full=False)``).
 
 `ClampedTargetCrossentropy` is the loss of the BranchSum CIFAR-10
-classifier of 000_a8fb4f73aa903839.txt, Sec. 6: cross-entropy against a
+classifier of Brokman & Gilboa (2022), Sec. 6: cross-entropy against a
 target that is not one-hot but the softmax of class-indicating values inside
 the logits' clamp range (see its docstring).
 
@@ -190,7 +189,7 @@ def ambiguity(y_pred, family="categorical"):
 def modular_loss(y_true, y_pred, lambda_, family="categorical"):
     """Eq. 4 per example: ``lambda_ NLL(eta_bar) + (1 - lambda_) mean_j NLL(eta_j)``, ``[batch]``.
 
-    After 004_226906bbadadb648.txt, Sec. 3.1 (Eq. 4, 7 and 10).
+    After Webb et al. (2019), Sec. 3.1 (Eq. 4, 7 and 10).
 
     Args:
         y_true: labels ``[batch]`` (categorical) or targets ``[batch, K]``.
@@ -217,15 +216,15 @@ def modular_loss(y_true, y_pred, lambda_, family="categorical"):
 class ModularLoss(keras.losses.Loss):
     """The modular loss ``L_lambda`` of an ensemble's ``[batch, M, K]`` natural parameters.
 
-    After 004_226906bbadadb648.txt, Sec. 3.1, Eq. 4: ``lambda_ *
+    After Webb et al. (2019), Sec. 3.1, Eq. 4: ``lambda_ *
     NLL(mean_j eta_j) + (1 - lambda_) * mean_j NLL(eta_j)``. ``lambda_ = 0``
     trains the modules independently (each gets its own gradient scaled by
     ``1/M``), ``lambda_ = 1`` trains the ensemble as one network (the NLL of
     the mean natural parameters); values slightly below 1 keep the accuracy
     of joint training and make the ensemble robust to dropped modules
     (Sec. 4.1). Both terms scale each module's gradient by ``1/M``, so the
-    learning rate of the reference code grows with ``M`` (SPEC-NOTES.md,
-    section 2).
+    learning rate of the reference code grows with ``M`` (about ``0.02 * M``
+    for the MLPs).
 
     Args:
         lambda_: in [0, 1]; outside it is a ValueError (Theorem 1).
@@ -292,7 +291,7 @@ def clamped_target_crossentropy(y_true, y_pred, logit_clamp):
 class ClampedTargetCrossentropy(keras.losses.Loss):
     """Cross-entropy against the softmax of class-indicating values in the clamp range (000, Sec. 6).
 
-    After 000_a8fb4f73aa903839.txt, Sec. 6: the summed logits ``y = sum_i
+    After Brokman & Gilboa (2022), Sec. 6: the summed logits ``y = sum_i
     f_i(x)`` are clamped, and so the target of the cross-entropy "is not a
     one-hot vector, but a softmax on the class-indicating values". The
     class-indicating values used here are the clamp's bounds: ``high`` at
@@ -376,7 +375,7 @@ class _MeanMetric(keras.metrics.Metric):
 class EnsembleAccuracy(_MeanMetric):
     """Top-k accuracy of the ensemble: the mean of the modules' logits (categorical).
 
-    After 004_226906bbadadb648.txt, Eq. 2-3 (softmax of the mean logits is the
+    After Webb et al. (2019), Eq. 2-3 (softmax of the mean logits is the
     normalised geometric mean of the modules' distributions).
 
     Args:

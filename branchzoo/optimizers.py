@@ -17,7 +17,7 @@ still applies afterwards. GatedConnect's real-valued gates follow this rule
     >>> w = keras.Variable(np.array([1.0, -2.0], "float32"), name="w")
     >>> opt = SGD(learning_rate=0.1, momentum=0.0, l2=0.5)
     >>> opt.apply([keras.ops.zeros((2,))], [w])
-    >>> np.round(keras.ops.convert_to_numpy(w), 4).tolist()   # w - 0.1 * 0.5 * w
+    >>> np.round(keras.ops.convert_to_numpy(w).astype(float), 4).tolist()   # w - 0.1 * 0.5 * w
     [0.95, -1.9]
 """
 

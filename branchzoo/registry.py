@@ -160,7 +160,7 @@ def register_builder(name, family=None, paper=None, task=None, title=None):
         name: the key zoo entries use in their ``"builder"`` field.
         family: family name shown in model cards (default: `FAMILIES`' for
             branchzoo's builders, else `name`).
-        paper: the source paper's file name under ``../shared/seeds``.
+        paper: the source paper's file name (docs/papers.md).
         task: the `branchzoo.tasks` task its models train with (default
             ``"classification"``; a recipe's ``"task"`` overrides it).
         title: ``fn(config) -> str``, the architecture's name in the paper's

@@ -1,6 +1,6 @@
 """Train a branched ResNet18 briefly on CIFAR-10 and write its specialization report.
 
-After 000_a8fb4f73aa903839.txt, Sec. 6 (Figs. 5-7): the per-branch
+After Brokman & Gilboa (2022), Sec. 6 (Figs. 5-7): the per-branch
 covariance / correlation of the correct-logit response, each branch's mean
 contribution to the correct logit per class, per-branch confidence and
 silent branches, for a BranchSum classifier trained by its zoo recipe

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Do the branches of a two-branch stem separate colour from black-and-white? (Voss et al. 2021)
 
-001_54705f77118ebd52.txt (Distill, "Branch Specialization"): in AlexNet's
+Voss et al. (2021), "Branch Specialization" (Distill): in AlexNet's
 two-branch first layers one branch learns colour features and the other
 black-and-white ones, and the SVD of the absolute weights between the first
 two conv layers orders the first layer's neurons colour vs black-and-white

@@ -1,4 +1,4 @@
-"""The 1-D toy problems of 000_a8fb4f73aa903839.txt, Sec. 4.1 (Figs. 2-3).
+"""The 1-D toy problems of Brokman & Gilboa (2022), Sec. 4.1 (Figs. 2-3).
 
 A network of N scalar branches ``f_i(x) = LeakyReLU(w_i x + b_i)`` outputs
 their sum (Eq. 1) and is trained on a square loss by plain (full-batch)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fig. 3 of Ahmed & Torresani (2017) at CPU size: learned fan-in K = 1, 2, 4, 8 on CIFAR-10.
 
-002_6ffcaba31e771062.txt, Fig. 3: ResNeXt {20,4,8} (M=6 modules, C=8, w=4)
+Ahmed & Torresani (2017), Fig. 3: ResNeXt {20,4,8} (M=6 modules, C=8, w=4)
 with learned connectivity for every fan-in K; the paper finds K=4 best on
 CIFAR-100. Table 1: pruning the blocks no gate reads saves more parameters at
 K=1 than at K=4 ({29,8,8}: 0.65M and 0.81M of 0.86M at test time).

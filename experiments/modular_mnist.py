@@ -1,4 +1,4 @@
-"""Replication of 004_226906bbadadb648.txt, Sec. 4.1 (Table 2, Fig. 4) on MNIST.
+"""Replication of Webb et al. (2019), Sec. 4.1 (Table 2, Fig. 4) on MNIST.
 
 Trains 1-M-1024-H and 256-M-4-H MLP ensembles with the modular loss at
 several lambda values, with early stopping on 10,000 examples held out of the
@@ -10,7 +10,7 @@ test error) and the module-dropping figure:
 The paper uses Fashion-MNIST, which these machines do not have; MNIST (same
 IDX format, 28x28x1, 10 classes) stands in, so absolute errors are far lower
 than the paper's and only the ordering can be compared. Settings follow the
-paper and its reference code (SPEC-NOTES.md, section 2): batch 100, SGD
+paper and its reference code: batch 100, SGD
 momentum 0.9, no augmentation, global normalisation with the training
 set's mean/std (one mean and one std over all pixels: MNIST has one channel), learning rate 0.02 * M for lambda <= 0.95 and 0.006 * M above
 (5.12 / 1.536 for 256 modules; the reference's 5.15 rounds this), test error

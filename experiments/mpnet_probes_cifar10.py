@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """MPNet2(1:3x3, 4:7x7) at reduced width, trained on CIFAR-10, then the full report.
 
-After 003_4bdb2e82324dbf00.txt, Sec. 4.1 and Fig. 5a: with one 3x3 layer against
+After Richter et al. (2022), Sec. 4.1 and Fig. 5a: with one 3x3 layer against
 four 7x7 layers per block, the paper finds the short pathway dominant (its
 probe accuracy advances the solution) and the long one non-dominant, with
 smaller accumulated gradients (Fig. 6b); removing the non-dominant layers

@@ -155,8 +155,8 @@ def _trainable(model):
 
 def test_parameter_counts_per_branch():
     assert _resnet18_count(16) == 701_466  # 0.70M per branch: the slim width the paper entries use
-    assert _resnet18_count(32) == 2_797_610  # SPEC-NOTES: 2.8M
-    assert _resnet18_count(64) == 11_173_962  # pytorch-cifar's ResNet18, SPEC-NOTES: 11.2M
+    assert _resnet18_count(32) == 2_797_610  # 2.8M
+    assert _resnet18_count(64) == 11_173_962  # pytorch-cifar's ResNet18: 11.2M
     model = branched_resnet18(2, base_width=16)
     assert _trainable(model) == 2 * 701_466
     bn_channels = 16 * (1 + 2 * 2) + 32 * 5 + 64 * 5 + 128 * 5  # stem + (4, or 5 with shortcut) BNs per stage

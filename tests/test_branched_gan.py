@@ -221,7 +221,7 @@ def _trainable(layer):
 
 def test_stargan_generator_count_by_hand_is_the_papers():
     assert stargan_generator_count(256, 64, 512) == 33_892_995  # StarGAN v2 AFHQ: 33.9M
-    assert stargan_generator_count(256, 8, 64) == 594_387  # a slim branch: 0.59M (SPEC-NOTES 4)
+    assert stargan_generator_count(256, 8, 64) == 594_387  # a slim branch: 0.59M
     assert stargan_generator_count(256, 16, 128) == 2_229_411  # 2.2M
 
 
@@ -618,14 +618,3 @@ def test_cifar10_cat_dog_run_writes_a_decomposition_grid(tmp_path):
     assert len(report["correlation"]) == 4
     grid = tmp_path / "report" / "decomposition-grid.png"
     assert grid.exists() and grid.stat().st_size > 10_000
-
-
-def test_docstring_examples_run():
-    import doctest
-    import importlib
-
-    for name in ("branchzoo.layers.branched_generator", "branchzoo.models.branched_gan",
-                 "branchzoo.analysis.decomposition", "branchzoo.gan_task"):
-        module = importlib.import_module(name)  # (branchzoo.models.branched_gan is also the builder)
-        failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-        assert attempted > 0 and failed == 0, name

@@ -174,8 +174,8 @@ def samples_with_covariance(eigenvalues, n=400, mean=5.0):
         # delve's rule (delve/metrics.py, compute_intrinsic_dimensionality): keep the components
         # whose cumulative ratio is below 0.99, at least 1, and one more when 0.99 minus the
         # last kept ratio exceeds 0.02
-        ((9.0, 1.0, 0.0, 0.0), 2),  # .9, 1: one kept, .99 - .9 > .02: two (SPEC-NOTES' example)
-        ((1.0,) * 10, 10),  # .1 .. .9 kept, .99 - .9 > .02: ten of ten (SPEC-NOTES' example)
+        ((9.0, 1.0, 0.0, 0.0), 2),  # .9, 1: one kept, .99 - .9 > .02: two (delve's example)
+        ((1.0,) * 10, 10),  # .1 .. .9 kept, .99 - .9 > .02: ten of ten (delve's example)
         ((0.5, 0.3, 0.195, 0.005), 3),  # .5, .8 kept; .99 - .8 > .02: three
         ((1.0, 1.0, 1.0, 1.0), 4),  # .25, .5, .75 kept; +1
         ((3.0, 0.0, 0.0), 1),  # 1, 1, 1: no ratio below 0.99, at least 1

@@ -38,7 +38,7 @@ def run_in_process(cli, argv, capsys):
 
 
 @pytest.mark.parametrize("args, words", [
-    # The four inputs of issue 9 that printed tracebacks or left config.json behind.
+    # A missing data folder; malformed, invalid or unknown model kwargs.
     (["--dataset", "cifar10", "--data-dir", "/nonexistent"], ["data_dir", "/nonexistent"]),
     (["--model-kwargs", "widths=[8,x]"], ["widths", "not valid JSON", "[8,x]"]),
     (["--model-kwargs", "pathways=[[0,3]]"], ["pathways", "must be >= 1", "Received"]),
@@ -57,6 +57,10 @@ def run_in_process(cli, argv, capsys):
     (["--analysis-every", "0"], ["analysis_every"]),
     (["--precision", "float16"], ["`precision` must be one of", "mixed_bfloat16", "precision='float16'"]),
     (["--resume"], ["nothing to resume"]),
+    (["--model", "mpnt"], ["Unknown model name 'mpnt'", "Close matches: mpnet"]),
+    (["--epochs", "0"], ["`epochs` must be >= 1", "epochs=0"]),
+    (["--lr", "nan"], ["`lr` must be a positive finite number"]),
+    (["--dataset", "image_folder"], ["image_folder", "--data-dir", "BRANCHZOO_DATA_DIR"]),
     # A model or a batch that does not fit the dataset (digits: 10 classes, 32x32x3 images,
     # 1,437 training images) is refused before training, naming both numbers.
     (["--model-kwargs", "num_classes=3"], ["num_classes=3", "'digits'", "10 classes"]),
@@ -67,7 +71,8 @@ def run_in_process(cli, argv, capsys):
 def test_train_user_errors_exit_2_and_write_nothing(args, words, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("BRANCHZOO_DATA_DIR", raising=False)
     out = tmp_path / "run"
-    code, err = run_in_process(TRAIN, ["--model", "mpnet", *args, "--output", str(out)], capsys)
+    model = [] if "--model" in args else ["--model", "mpnet"]
+    code, err = run_in_process(TRAIN, [*model, *args, "--output", str(out)], capsys)
     assert code == 2, err
     assert "train.py: error:" in err and "Traceback" not in err
     for word in words:
@@ -214,6 +219,14 @@ def test_evaluate_user_errors_exit_2(make_args, words, trained_run, tmp_path, ca
     for word in words:
         assert word in err
     assert not out.exists()
+
+
+def test_evaluate_missing_checkpoint_is_named(tmp_path, capsys):
+    missing = tmp_path / "nope.keras"
+    code, err = run_in_process(EVALUATE, ["--checkpoint", str(missing)], capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert "checkpoint" in err and str(missing) in err
 
 
 @pytest.mark.parametrize("kind", ["proc", "below_a_file"])
@@ -424,14 +437,3 @@ def test_readme_table_is_the_cards_table():
         text = f.read()
     table = text.split("<!-- models-table -->\n", 1)[1].split("\n<!-- /models-table -->", 1)[0]
     assert table == models_table()
-
-
-def test_package_doctests():
-    import doctest
-
-    import branchzoo
-    import branchzoo.zoo
-
-    for module in (branchzoo, branchzoo.zoo):
-        failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-        assert attempted > 0 and failed == 0, module.__name__

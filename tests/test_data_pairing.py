@@ -167,7 +167,7 @@ def test_epoch_stream_is_generic_and_resumable():
 @pytest.mark.realdata
 @pytest.mark.skipif(not HAS_REAL_DATA, reason=NO_REAL_DATA)
 def test_real_cifar10_cat_dog_pairs(monkeypatch, session_home):
-    """Issue 14's data: cat <-> dog from the real CIFAR-10 through data_dir."""
+    """The GAN's data: cat <-> dog pairs from the real CIFAR-10 through data_dir."""
     monkeypatch.setenv("BRANCHZOO_HOME", session_home)  # decoded once per run, not once per test
     options = {"classes": ["cat", "dog"], "pairing": "target_class"}
     info = data.dataset_info("cifar10", data_dir=REAL_DATA_DIR, **options)

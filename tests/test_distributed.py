@@ -1,4 +1,4 @@
-"""Multi-worker training (issue 16): TF_CONFIG checks, the launcher, sharding, two real workers, kill and resume.
+"""Multi-worker training: TF_CONFIG checks, the launcher, sharding, two real workers, kill and resume.
 
 Workers run on 127.0.0.1 only; every subprocess runs under a timeout in its
 own process group, which is killed in a `finally`.

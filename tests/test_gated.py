@@ -1,4 +1,4 @@
-"""GatedConnect (002_6ffcaba31e771062.txt, Algorithm 1): sampler, gates, modes, errors."""
+"""GatedConnect (Ahmed & Torresani 2017, Algorithm 1): sampler, gates, modes, errors."""
 
 import itertools
 import json

@@ -1,4 +1,4 @@
-"""Connectivity figure (Fig. 2 of 002_6ffcaba31e771062.txt), gate histograms and the "connectivity" analysis."""
+"""Connectivity figure (Fig. 2 of Ahmed & Torresani 2017), gate histograms and the "connectivity" analysis."""
 
 import json
 

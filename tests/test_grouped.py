@@ -375,7 +375,7 @@ _NO_ONEDNN_SCRIPT = textwrap.dedent(
 
 
 def test_every_route_trains_without_onednn(tmp_path):
-    # What a CPU without AVX-512 gets (issue 9): TensorFlow without oneDNN, whose CPU Conv2D has no NCHW
+    # What a CPU without AVX-512 gets: TensorFlow without oneDNN, whose CPU Conv2D has no NCHW
     # and no gradient for grouped kernels; every route, "auto" included, must still train
     here = os.path.dirname(os.path.abspath(__file__))
     script = _NO_ONEDNN_SCRIPT.format(tests=here, repo=os.path.dirname(here))

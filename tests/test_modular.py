@@ -2,7 +2,7 @@
 
 Every expected value comes from a float64 NumPy implementation written here
 (from the paper's definitions, not from branchzoo.losses), from separately
-built plain Keras modules, or from hand counts. After 004_226906bbadadb648.txt.
+built plain Keras modules, or from hand counts. After Webb et al. (2019).
 """
 
 import json

@@ -1,7 +1,7 @@
 """Analyses of modular ensembles: module dropping, specialists, entropy, confusion, dominance.
 
 Expected values come from brute-force NumPy loops, scikit-learn or hand-made
-cases written here. After 004_226906bbadadb648.txt, Sec. 4.
+cases written here. After Webb et al. (2019), Sec. 4.
 """
 
 import json

@@ -46,7 +46,7 @@ def test_coupled_weight_decay_three_nesterov_steps_by_hand():
 
 def test_coupled_decay_is_about_ten_times_the_decoupled_under_momentum():
     # no loss gradient: the decay alone. After many steps of momentum 0.9 the coupled decay
-    # shrinks w by lr*wd/(1-m) per step, the decoupled by lr*wd: a tenth (SPEC-NOTES, section 1)
+    # shrinks w by lr*wd/(1-m) per step, the decoupled by lr*wd: a tenth
     w = keras.Variable(np.ones(1, "float32"))
     v = keras.Variable(np.ones(1, "float32"))
     coupled = optimizers.SGD(0.1, momentum=0.9, l2=1e-3)

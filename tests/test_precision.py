@@ -36,13 +36,6 @@ def assert_rms_close(actual, reference, tol=TOL):
     assert error <= tol * scale, f"RMS error {error:.3g} > {tol:.3g} x RMS {scale:.3g} ({error / scale / U_BF16:.1f} u)"
 
 
-def test_module_doctests():
-    import doctest
-
-    failed, attempted = doctest.testmod(precision)
-    assert attempted > 0 and failed == 0
-
-
 def test_relative_tolerance_is_eight_unit_roundoffs():
     assert precision.relative_tolerance(BF16) == TOL == 0.03125
     assert precision.relative_tolerance("mixed_float16") == 8 * 2.0**-11

@@ -63,10 +63,3 @@ def test_builders_declare_their_families_and_refuse_another():
     assert registry.builder_family("resnext_cifar") == "resnext_gated"
     with pytest.raises(ValueError, match=r"`family` of builder 'mpnet' must be 'mpnet'.*family='other'"):
         registry.register_builder("mpnet", family="other")
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    failed, attempted = doctest.testmod(registry, optionflags=doctest.ELLIPSIS)
-    assert attempted > 0 and failed == 0

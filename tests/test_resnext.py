@@ -1,4 +1,4 @@
-"""ResNeXt with GatedConnect (002_6ffcaba31e771062.txt): modules, Fixed-Full = ResNeXt, pruning, counts, saving."""
+"""ResNeXt with GatedConnect (Ahmed & Torresani 2017): modules, Fixed-Full = ResNeXt, pruning, counts, saving."""
 
 import fnmatch
 import math
@@ -296,7 +296,7 @@ def test_layout_and_layer_names():
 # ---- parameter counts ----------------------------------------------------------------------------
 
 def hand_count(depth, width, cardinality, stage_widths, num_classes, stem=64, output_bn="per_block"):
-    """Trainable parameters by hand (SPEC-NOTES section 1 layout): per block 1x1, BN, 3x3, BN, 1x1, BN.
+    """Trainable parameters by hand (docs/papers.md's layout): per block 1x1, BN, 3x3, BN, 1x1, BN.
 
     output_bn="per_block": every block has its BN after its last 1x1 conv; "shared": one per module
     (Xie et al.'s form C).
@@ -318,12 +318,12 @@ def trainable(model):
     return sum(math.prod(w.shape) for w in model.trainable_weights)
 
 
-PAPER_COUNTS = [  # Table 1 and Fig. 3 of 002_6ffcaba31e771062.txt, CIFAR-100 head
+PAPER_COUNTS = [  # Table 1 and Fig. 3 of Ahmed & Torresani (2017), CIFAR-100 head
     pytest.param(dict(depth=29, width=8, cardinality=8, stage_widths=(64, 128, 256)), 0.86e6, id="29-8-8"),
     pytest.param(dict(depth=20, width=4, cardinality=8, stage_widths=(64, 128, 256)), 0.28e6, id="20-4-8",
                  marks=pytest.mark.xfail(strict=True, reason=(
                      "285,348 = 0.285M, 1.9% above the paper's 0.28M: the layout that gives {29,8,8} "
-                     "0.86M (SPEC-NOTES section 1) cannot also give 0.28M within 1% (one BN per "
+                     "0.86M cannot also give 0.28M within 1% (one BN per "
                      "module instead, form C, gives 272,804: 2.6% below)"))),
 ]
 

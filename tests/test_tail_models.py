@@ -1,4 +1,4 @@
-"""The tail-pattern models of 003_4bdb2e82324dbf00.txt, Sec. 3: VGG16, ResNet34, DenseNet18.
+"""The tail-pattern models of Richter et al. (2022), Sec. 3: VGG16, ResNet34, DenseNet18.
 
 Parameter counts are checked against hand counts; the hand-count formulas are
 themselves checked against torchvision's published ImageNet counts

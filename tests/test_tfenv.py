@@ -155,7 +155,7 @@ def test_publish_module_has_no_startup_noise():
     assert proc.stderr == ""
 
 
-# --- oneDNN on by default (issue 15) --------------------------------------------------------------
+# --- oneDNN on by default --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("environ, machine, imported, expected", [

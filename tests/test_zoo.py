@@ -109,7 +109,7 @@ def test_mpnet_tiny_digits_count_by_hand():
     stem = 3 * 3 * 3 * 8 + 2 * 8
     stages = sum(block(c_in, w) + block(w, w) for c_in, w in zip([8] + widths[:-1], widths))
     head = 64 * 10 + 10
-    assert stem + stages + head == 1_108_978  # also the PyTorch twin's count (issue 15)
+    assert stem + stages + head == 1_108_978  # also the PyTorch twin's count (benchmarks/)
     bn_moving = 2 * (8 + sum(2 * 2 * 2 * w for w in widths))  # mean + variance per BN channel
     assert branchzoo.model_card("mpnet_tiny_digits")["parameters"] == {
         "trainable": 1_108_978, "total": 1_108_978 + bn_moving}

@@ -1,6 +1,6 @@
 """Analysis tools: plain functions returning arrays or matplotlib figures.
 
-After 003_4bdb2e82324dbf00.txt (Richter et al.): logistic-regression probes,
+After Richter et al. (2022): logistic-regression probes,
 saturation, CKA, gradient flow, tail patterns and pathway removal per layer
 and pathway, for any registered model. Each is also a named analysis
 (``probes``, ``saturation``, ``cka``, ``gradients``, ``pathway_removal``) that ``evaluate.py --analysis`` and the training callback run

@@ -1,8 +1,8 @@
 """Centered kernel alignment (CKA) between two sets of activations.
 
 After Kornblith et al. (2019), "Similarity of neural network representations
-revisited", as used by 003_4bdb2e82324dbf00.txt, Sec. 4.2.1 (Figs. 8 and 9)
-and ../shared/docs/SPEC-NOTES.md, section 3:
+revisited", as used by Richter et al. (2022), Sec. 4.2.1 (Figs. 8 and 9)
+and its reference code:
 
 - linear kernel ``K = X X^T``, or RBF ``K_ij = exp(-|x_i - x_j|^2 / (2 s^2))``
   with ``s^2 = threshold^2 * median squared distance`` (the median over all
@@ -192,7 +192,7 @@ def _feature_route_is_cheaper(n, d1, d2):
 def cka(x, y, kernel="linear", threshold=1.0, debiased=False):
     """Centered kernel alignment of two representations of the same examples.
 
-    After Kornblith et al. (2019), used in 003_4bdb2e82324dbf00.txt, Sec. 4.2.1.
+    After Kornblith et al. (2019), used in Richter et al. (2022), Sec. 4.2.1.
 
     Args:
         x: features [n, d1] (or [n, ...], flattened per example).
@@ -326,7 +326,7 @@ class CKAAccumulator:
 def cka_matrix(acts_a, acts_b=None, kernel="linear", threshold=1.0, debiased=False):
     """CKA between every layer of `acts_a` and every layer of `acts_b` (Fig. 9).
 
-    After 003_4bdb2e82324dbf00.txt, Sec. 4.2.1, Fig. 9 (layers of two
+    After Richter et al. (2022), Sec. 4.2.1, Fig. 9 (layers of two
     pathways against each other) and Kornblith et al. (2019).
 
     Each layer's centred Gram matrix is computed once and normalised, so
@@ -388,7 +388,7 @@ def cka_with_output(model, data, layers=None, max_examples=2000, kernel="linear"
                     debiased=False, pool_size=4, batch_size=128, seed=0, max_feature_bytes=1 << 30):
     """CKA of every analysed output of `model` with the network's output (Fig. 8).
 
-    After 003_4bdb2e82324dbf00.txt, Sec. 4.2.1: each conv output and pathway
+    After Richter et al. (2022), Sec. 4.2.1: each conv output and pathway
     sum, pooled to 4x4 and flattened as for the probes, against the model
     output (the logits), on a uniform seeded subset of `data`.
 

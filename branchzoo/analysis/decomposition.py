@@ -1,6 +1,6 @@
 """Image decompositions of a BranchedGenerator: grids, branch energy and correlation.
 
-After 000_a8fb4f73aa903839.txt, Sec. 7 (Figs. 9-10) and Appendix D: the
+After Brokman & Gilboa (2022), Sec. 7 (Figs. 9-10) and Appendix D: the
 branch outputs of the class-transfer generator are images that add up to
 the translation (minus the smoothing ``S(x)``), so each branch's image is a
 component of an unsupervised decomposition. The plain functions take arrays

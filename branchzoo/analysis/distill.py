@@ -1,4 +1,4 @@
-"""The analyses of Distill's "Branch Specialization" (001_54705f77118ebd52.txt).
+"""The analyses of Distill's "Branch Specialization" (Voss et al. 2021).
 
 - `weight_svd`: SVD of the absolute weights between two consecutive
   convolutions, which orders the first layer's neurons by the main factors of
@@ -70,7 +70,7 @@ def connection_matrix(kernel_b, in_channels=None):
 def weight_svd(kernel_a, kernel_b, num_vectors=2, center=True):
     """SVD of ``|W|`` between two consecutive convolutions, neurons ordered by singular vectors.
 
-    After 001_54705f77118ebd52.txt, Fig. 6 ("perform a singular value
+    After Voss et al. (2021), Fig. 6 ("perform a singular value
     decomposition on the absolute values of the weights" between the first
     two conv layers; the authors call it weight PCA). With ``center=True``
     (default) every column of ``|W|`` is centred over the first layer's
@@ -172,7 +172,7 @@ def weight_svd_figure(result, kernel_a=None, branch_of=None, title="Neurons by s
 def branch_enrichment_pvalue(n_features, branch_size, layer_size, observed=None, exact=False):
     """The chance that a family of features clusters in one branch by accident.
 
-    After 001_54705f77118ebd52.txt: if the n features of a family were
+    After Voss et al. (2021): if the n features of a family were
     spread over a layer's N neurons at random, the chance that all n fall in
     a given branch of k neurons is the hypergeometric ``C(k, n) / C(N, n)``
     (9 of 9 in 32 of 256: < 1e-8; 30 of 30 in 96 of 480: < 1e-20). With

@@ -14,7 +14,7 @@ model (not only MPNets):
   draws p_l,min and p_l,max as separate sequences, Sec. 4);
 - `iterate_features` runs the model in inference mode (BatchNormalization
   does not update) and yields each batch's outputs, maps average-pooled to
-  4x4 (after 003_4bdb2e82324dbf00.txt, Sec. 2.2 and SPEC-NOTES, section 3),
+  4x4 (after Richter et al. 2022, Sec. 2.2, and its reference code),
   in float32 whatever the model computes in (a mixed-precision model's
   16-bit outputs are cast up before pooling);
 - `as_arrays` draws a uniform, seeded subset of examples from arrays or from

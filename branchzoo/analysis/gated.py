@@ -1,6 +1,6 @@
 """Learned connectivity of GatedConnect networks: Fig. 2 and gate-value histograms.
 
-After 002_6ffcaba31e771062.txt, Fig. 2 (modules as rows of C residual blocks,
+After Ahmed & Torresani (2017), Fig. 2 (modules as rows of C residual blocks,
 arrows for the active connections between adjacent modules, superfluous
 blocks greyed) and Sec. 2.2 (real-valued gates in [0, 1]).
 
@@ -27,7 +27,7 @@ ARROW_COLOR = "#37474f"
 
 
 def connectivity_figure(masks, title=None, block_size=0.6):
-    """Draws the connectivity between modules (Fig. 2 of 002_6ffcaba31e771062.txt).
+    """Draws the connectivity between modules (Fig. 2 of Ahmed & Torresani 2017).
 
     Module 1 is the bottom row, the last module the top row; each square is a
     residual block, green when some block of the next module reads it

@@ -1,11 +1,11 @@
 """Gradient flow: how large the gradient each layer receives is, by pathway.
 
-After 003_4bdb2e82324dbf00.txt, Sec. 4.1.1 and Fig. 6b: the paper
+After Richter et al. (2022), Sec. 4.1.1 and Fig. 6b: the paper
 accumulates the gradients during training and reports "the average over the
 absolute mean of all gradients" per layer, i.e. ``|mean(dL/dW)|`` of each
 conv and Dense kernel at every training step, averaged over the steps, and
 reads a partial vanishing gradient in the longer, non-dominant pathway from
-it (../shared/docs/SPEC-NOTES.md, section 3).
+it.
 
 - `GradientFlowRecorder` is that quantity: attached to the optimizer of a
   model in training, it adds each step's ``|mean(g)|`` per kernel (the loss
@@ -118,7 +118,7 @@ def _analysed_kernels(model, layers):
 def gradient_flow(model, data, layers=None, max_batches=8, batch_size=64, loss=None, training=True, seed=0):
     """``|mean(dL/dW)|`` of every conv and Dense kernel at the model's current weights.
 
-    The statistic of 003_4bdb2e82324dbf00.txt, Sec. 4.1.1 (Fig. 6b) at one
+    The statistic of Richter et al. (2022), Sec. 4.1.1 (Fig. 6b) at one
     point of training, averaged over batches; the paper's figure averages it
     over the training steps instead (`GradientFlowRecorder`).
 

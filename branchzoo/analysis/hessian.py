@@ -1,6 +1,6 @@
 """Gradient and Hessian of a branched model, split by branch (000, Secs. 5 and 8).
 
-After 000_a8fb4f73aa903839.txt, Eqs. (8)-(14): for ``y = sum_i f_i(x;
+After Brokman & Gilboa (2022), Eqs. (8)-(14): for ``y = sum_i f_i(x;
 theta_i)`` the gradient w.r.t. a parameter of branch i is the branch's
 Jacobian (the "distributive" factor) times ``dL/dy`` of the whole model (the
 "collaborative" factor), Eqs. (10)-(11):
@@ -202,7 +202,7 @@ def _split_by_branch(raw, index):
 def gradient_split(model, x, y, loss=None, training=False):
     """The gradient of a `BranchSum` model split per example into its distributive and collaborative factors.
 
-    After 000_a8fb4f73aa903839.txt, Eqs. (5)-(6) and (10)-(11): for ``y =
+    After Brokman & Gilboa (2022), Eqs. (5)-(6) and (10)-(11): for ``y =
     sum_i f_i(x; theta_i)`` and example k,
 
         dl_k / d theta_i = (d f_i(x_k) / d theta_i)^T (dl_k / dy(x_k)),

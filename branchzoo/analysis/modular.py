@@ -1,8 +1,7 @@
 """Analyses of modular-loss ensembles: robustness, specialists, entropy, confusion, dominance.
 
-After 004_226906bbadadb648.txt (Webb et al.), Sec. 4 and
-../shared/docs/SPEC-NOTES.md, section 2. Every function works on the logits
-of all modules, ``[examples, M, K]`` (what a modular ensemble returns; see
+After Webb et al. (2019), Sec. 4 and its reference code (docs/papers.md).
+Every function works on the logits of all modules, ``[examples, M, K]`` (what a modular ensemble returns; see
 `module_logits`), so each sub-ensemble costs a weighted sum, not a forward
 pass:
 
@@ -147,9 +146,9 @@ def default_kept_counts(num_modules):
 
 
 def module_dropping_curve(logits, labels, kept=None, draws=20, seed=0):
-    """Accuracy when only N of the M modules are kept (protocol (a) of SPEC-NOTES).
+    """Accuracy when only N of the M modules are kept (the first robustness protocol).
 
-    After 004_226906bbadadb648.txt, Sec. 4.1 and Fig. 4: for each N, average
+    After Webb et al. (2019), Sec. 4.1 and Fig. 4: for each N, average
     the logits of N modules drawn without replacement, `draws` times.
 
     Args:
@@ -190,7 +189,7 @@ def module_dropping_curve(logits, labels, kept=None, draws=20, seed=0):
 
 
 def keep_probability_curve(logits, labels, probabilities=None, draws=20, seed=0):
-    """Accuracy when every module is kept with probability p (protocol (b) of SPEC-NOTES).
+    """Accuracy when every module is kept with probability p (the second robustness protocol).
 
     Draws that keep no module are drawn again. The default probabilities
     are 20 values from ``1 - 0.001**(1/M)`` (at least one module kept with
@@ -551,7 +550,7 @@ def _summary_at(curve, num_modules, fraction):
 
 @register_analysis("robustness", "Module dropping (004, Fig. 4): accuracy with N of M modules kept, and with each kept w.p. p")
 def robustness_analysis(model, data):
-    """Both module-dropping protocols on the test split (004_226906bbadadb648.txt, Sec. 4.1, Fig. 4)."""
+    """Both module-dropping protocols on the test split (Webb et al. 2019, Sec. 4.1, Fig. 4)."""
     logits, labels = module_logits(model, data.test)
     dropped = module_dropping_curve(logits, labels, seed=data.seed)
     probability = keep_probability_curve(logits, labels, seed=data.seed)
@@ -580,7 +579,7 @@ def robustness_analysis(model, data):
 
 @register_analysis("specialists", "Specialist sub-ensembles (004, Fig. 5): one-vs-all F1, random vs selected on validation")
 def specialists_analysis(model, data):
-    """Random vs specialist sub-ensembles of 1 and 20 modules (004_226906bbadadb648.txt, Sec. 4.1, Fig. 5)."""
+    """Random vs specialist sub-ensembles of 1 and 20 modules (Webb et al. 2019, Sec. 4.1, Fig. 5)."""
     logits, labels = module_logits(model, data.test)
     result = specialist_subensembles(logits, labels, seed=data.seed, num_classes=data.num_classes)
     numbers = {}
@@ -593,7 +592,7 @@ def specialists_analysis(model, data):
 
 @register_analysis("entropy", "Per-module prediction entropy (004, Table 6): min / max / mean / std")
 def entropy_analysis(model, data):
-    """Entropy of each module's predicted distribution on the test split (004_226906bbadadb648.txt, Table 6)."""
+    """Entropy of each module's predicted distribution on the test split (Webb et al. 2019, Table 6)."""
     logits, _ = module_logits(model, data.test)
     entropies = module_entropies(logits)
     stats = entropy_statistics(entropies)
@@ -605,7 +604,7 @@ def entropy_analysis(model, data):
 
 @register_analysis("confusion", "Per-module confusion matrices (004, Fig. 10)")
 def confusion_analysis(model, data):
-    """Confusion matrices of the modules on the test split (004_226906bbadadb648.txt, Sec. 4.3, Fig. 10).
+    """Confusion matrices of the modules on the test split (Webb et al. 2019, Sec. 4.3, Fig. 10).
 
     The figure shows four modules: the most and least accurate and two in
     between. ``max_predicted_share`` is, per module, the largest fraction of
@@ -635,7 +634,7 @@ def confusion_analysis(model, data):
 
 @register_analysis("dominance", "Module dominance (004, Fig. 7): each module's error against the ensemble's")
 def dominance_analysis(model, data):
-    """Each module's test error now (004_226906bbadadb648.txt, Sec. 4.2, Fig. 7).
+    """Each module's test error now (Webb et al. 2019, Sec. 4.2, Fig. 7).
 
     Run every few epochs (``train.py --analysis dominance``), the scalars
     trace Fig. 7's curves in TensorBoard; `ModuleErrorHistory` records them

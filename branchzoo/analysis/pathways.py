@@ -1,6 +1,6 @@
 """Pathway removal: what a trained MPNet loses when one pathway of a block is taken out.
 
-003_4bdb2e82324dbf00.txt, Sec. 4.1: "When removing the skipped layers, we
+Richter et al. (2022), Sec. 4.1: "When removing the skipped layers, we
 find that the performance decreases by 2.16%-points on average, which
 indicates that these paths are still not entirely irrelevant for the
 inference process." The paper does not say how it removed them or over

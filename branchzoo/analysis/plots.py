@@ -1,6 +1,6 @@
 """The paper's figures as functions returning `matplotlib.figure.Figure`.
 
-After 003_4bdb2e82324dbf00.txt: probe accuracy and saturation per layer in
+After Richter et al. (2022): probe accuracy and saturation per layer in
 forward order with one curve per pathway (Figs. 3, 5, 7), CKA of every layer
 with the network output per pathway (Fig. 8), a CKA heatmap between two
 pathways' layers (Fig. 9) and gradient flow (Fig. 6b). The same functions

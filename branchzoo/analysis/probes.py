@@ -1,7 +1,7 @@
 """Logistic-regression probes: how linearly separable each layer's output is.
 
-After Alain & Bengio's probes as 003_4bdb2e82324dbf00.txt uses them (Sec. 2.2,
-Figs. 1, 3, 5, 7) and ../shared/docs/SPEC-NOTES.md, section 3: every conv
+After Alain & Bengio's probes as Richter et al. (2022) uses them (Sec. 2.2,
+Figs. 1, 3, 5, 7) and its reference code: every conv
 output and every pathway sum is average-pooled to 4x4 and flattened, a
 multinomial L2 logistic regression is fit on training-set features and its
 accuracy measured on test-set features. Features are extracted in inference
@@ -143,7 +143,7 @@ def fit_probes(model, train_data, test_data, layers=None, max_train_examples=500
                max_feature_bytes=1 << 30, threads=1):
     """Fits a logistic-regression probe on every analysed output of `model`.
 
-    After 003_4bdb2e82324dbf00.txt, Sec. 2.2 (Figs. 3, 5, 7): each conv
+    After Richter et al. (2022), Sec. 2.2 (Figs. 3, 5, 7): each conv
     output and pathway sum (and hidden Dense output), pooled to 4x4 and
     flattened, extracted in inference mode.
 

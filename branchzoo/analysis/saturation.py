@@ -1,9 +1,9 @@
 """Saturation: the share of a layer's channels its outputs actually use.
 
 After Richter et al. (2020), "Feature space saturation during training" (the
-delve library), used by 003_4bdb2e82324dbf00.txt, Sec. 2.2 and Fig. 3, with
+delve library), used by Richter et al. (2022), Sec. 2.2 and Fig. 3, with
 delve's rule (delve-team/delve, ``delve/metrics.py``,
-``compute_intrinsic_dimensionality``; ../shared/docs/SPEC-NOTES.md, section 3):
+``compute_intrinsic_dimensionality``):
 
 - conv outputs ``[batch, H, W, C]``: every spatial position of every image
   is one sample of C channels (samples = batch * H * W), with no pooling
@@ -39,7 +39,7 @@ def intrinsic_dimension(covariance, threshold=0.99, margin=0.02):
     kept one, one more is counted. A zero matrix (a constant layer) has
     intrinsic dimension 1.
 
-    Examples (../shared/docs/SPEC-NOTES.md, section 3):
+    Examples:
 
     >>> intrinsic_dimension(np.diag([9.0, 1.0, 0.0, 0.0]))   # p = 0.9, 1, 1, 1: one kept, +1
     2
@@ -129,8 +129,8 @@ class SaturationAccumulator:
 def saturation(features, threshold=0.99):
     """delve's saturation of one layer's outputs, in one shot.
 
-    After Richter et al. (2020), used in 003_4bdb2e82324dbf00.txt, Sec. 2.2
-    (Fig. 3); the rule of ../shared/docs/SPEC-NOTES.md, section 3.
+    After Richter et al. (2020), used in Richter et al. (2022), Sec. 2.2
+    (Fig. 3), with delve's rule (`intrinsic_dimension`).
 
     Args:
         features: ``[n, H, W, C]`` maps (every position a sample) or
@@ -154,7 +154,7 @@ def saturation(features, threshold=0.99):
 def layer_saturation(model, data, layers=None, max_examples=None, threshold=0.99, batch_size=128):
     """Saturation of every analysed output of `model`, streamed over `data`.
 
-    After 003_4bdb2e82324dbf00.txt, Sec. 3 (Fig. 3): every conv output and
+    After Richter et al. (2022), Sec. 3 (Fig. 3): every conv output and
     pathway sum (see `branchzoo.analysis.extraction.analysis_layers`), in
     inference mode, each layer's covariance accumulated batch by batch over
     every spatial position (no pooling).

@@ -1,6 +1,6 @@
 """Branch specialization: what each summed branch contributes, and to what.
 
-After 000_a8fb4f73aa903839.txt, Secs. 4.1 and 6 (Figs. 3, 5, 6, 7): for a
+After Brokman & Gilboa (2022), Secs. 4.1 and 6 (Figs. 3, 5, 6, 7): for a
 model whose output is the sum of N branches (`branchzoo.layers.BranchSum`),
 
 - the response matrix R (examples x branches) and the branches' covariance
@@ -58,7 +58,7 @@ def _as_labels(labels, n, num_outputs):
 def response_matrix(branch_outputs, labels=None):
     """The response matrix R: one row per example (and output), one column per branch.
 
-    After 000_a8fb4f73aa903839.txt, Sec. 4.1: ``R[i, j] = f_j(x_i)`` for scalar
+    After Brokman & Gilboa (2022), Sec. 4.1: ``R[i, j] = f_j(x_i)`` for scalar
     branches. For classifiers (K logits per branch) with `labels`, ``R[i, j]``
     is branch j's contribution to example i's correct logit; without labels,
     every logit is a row (``[n * K, N]``).
@@ -471,7 +471,7 @@ def _finite(obj):
 def specialization_analysis(model, data):
     """Branch response covariance, per-class contributions, confidence and silent branches.
 
-    After 000_a8fb4f73aa903839.txt, Sec. 6: runs on the test split (the
+    After Brokman & Gilboa (2022), Sec. 6: runs on the test split (the
     train split when there is none) of `data` (`AnalysisData`).
     """
     find_branch_sum(model)  # a clear error before any data is read

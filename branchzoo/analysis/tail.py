@@ -1,6 +1,6 @@
 """Tail patterns: the run of unproductive layers at the end of a network (or of a pathway).
 
-003_4bdb2e82324dbf00.txt, Sec. 2-3: "layers that are low saturated relative
+Richter et al. (2022), Sec. 2-3: "layers that are low saturated relative
 to the rest of the network tend to be unproductive. A sequence of
 unproductive layers is referred to as a tail pattern", and in Fig. 3 the
 probe accuracy stops improving (VGG16) or decays (DenseNet18, ResNet34)

@@ -25,7 +25,7 @@ Each dataset has one `DatasetSpec` (`get_spec(name)`; `list_datasets()`):
 - ``afhq``, ``celeba_hq``: StarGAN v2's AFHQ (cat, dog, wild) and CelebA-HQ
   (female, male) folders, kind ``paired``: class-transfer pairs by default.
 - ``toy_xor1d``, ``toy_regression1d``: the 1-D toy problems of
-  000_a8fb4f73aa903839.txt, Sec. 4.1, generated (`synthetic_arrays`).
+  Brokman & Gilboa (2022), Sec. 4.1, generated (`synthetic_arrays`).
 
 Options every loading function takes (one dict, e.g. a recipe's
 ``dataset_options``, serves `load_dataset`, `dataset_info` and `load_arrays`):

@@ -1,8 +1,8 @@
 """One spec per dataset: what it is, how its files look, how it is read.
 
-A `DatasetSpec` replaces what used to be five parallel per-dataset tables
-(class names, layouts, flippable, tfds names, reader tables): everything
-branchzoo knows about a dataset sits in one place, registered by name.
+A `DatasetSpec` holds everything branchzoo knows about a dataset (class
+names, file layouts, whether images may be flipped, its tfds name, its
+readers) in one place, registered by name.
 
     >>> from branchzoo.data import get_spec
     >>> spec = get_spec("cifar10")

@@ -7,7 +7,7 @@ A synthetic dataset is a registered generator ``generator(split, rng,
 batches, neither normalised nor augmented. `synthetic_arrays` returns the
 generator's float64 arrays directly, for vectorised NumPy experiments.
 
-The two 1-D toy problems of 000_a8fb4f73aa903839.txt, Sec. 4.1 (a sum of
+The two 1-D toy problems of Brokman & Gilboa (2022), Sec. 4.1 (a sum of
 scalar branches ``f_i(x) = LeakyReLU(w_i x + b_i)`` trained with a square
 loss) are registered here. The extracted text lost the training sets'
 numbers; what it keeps: toy 1 "is somewhat similar to a one-dimensional XOR
@@ -147,7 +147,7 @@ def _synthetic_names():
     return list_datasets("synthetic")
 
 
-# --- the toy problems of 000_a8fb4f73aa903839.txt, Sec. 4.1 --------------------------
+# --- the toy problems of Brokman & Gilboa (2022), Sec. 4.1 --------------------------
 
 
 def _float_tuple(value, name, length=None):
@@ -185,7 +185,7 @@ def _check_xor(params):
 
 
 def toy_xor1d(split, rng, inputs, targets):
-    """Toy 1 of 000_a8fb4f73aa903839.txt, Sec. 4.1: a 1-D XOR-like two-class set.
+    """Toy 1 of Brokman & Gilboa (2022), Sec. 4.1: a 1-D XOR-like two-class set.
 
     Args:
         split: ``"train"`` or ``"test"`` (the same set: the paper has no test data).
@@ -237,7 +237,7 @@ def _check_regression(params):
 
 
 def toy_regression1d(split, rng, num_points, function, interval, sampling, noise):
-    """Toy 2 of 000_a8fb4f73aa903839.txt, Sec. 4.1: a 1-D regression.
+    """Toy 2 of Brokman & Gilboa (2022), Sec. 4.1: a 1-D regression.
 
     Args:
         split: ``"train"`` or ``"test"``.

@@ -1,6 +1,6 @@
 """BranchSum: the output of N branches of one architecture is their sum.
 
-After 000_a8fb4f73aa903839.txt, Eq. (1): ``y(x) = sum_i f_i(x; theta_i)``, the
+After Brokman & Gilboa (2022), Eq. (1): ``y(x) = sum_i f_i(x; theta_i)``, the
 branches identical in architecture and independently initialised (Sec. 3);
 optionally ``+ S(x)``, a pass-through term (the over-smoothed input of the
 class-transfer generator, Sec. 7 and App. E, Eq. 15); optionally clamped
@@ -63,7 +63,7 @@ def normalize_clamp(logit_clamp, name="logit_clamp"):
 class BranchSum(keras.layers.Layer):
     """Sums per-branch outputs ``[batch, N, ...]`` over the branch axis.
 
-    After 000_a8fb4f73aa903839.txt, Eq. (1) (sum of branches), Sec. 6 (clamped
+    After Brokman & Gilboa (2022), Eq. (1) (sum of branches), Sec. 6 (clamped
     logits) and App. E, Eq. (15) (pass-through term). The branches themselves
     are laid out N-wide by the model builder (grouped convolutions, batched
     dense heads; see the module docstring), so that all N run together.

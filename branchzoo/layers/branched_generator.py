@@ -1,9 +1,7 @@
 """BranchedGenerator: a class-transfer generator whose branch outputs decompose the image.
 
-After 000_a8fb4f73aa903839.txt, Sec. 7 and Appendices D-E (Brokman & Gilboa,
-"Analysis of Branch Specialization and its Application in Image
-Decomposition"), with the layout of the StarGAN v2 reference code (Choi et
-al. 2020) that the paper slims down (../shared/docs/SPEC-NOTES.md, section 4):
+After Brokman & Gilboa (2022), Sec. 7 and Appendices D-E, with the layout of
+the StarGAN v2 reference code (Choi et al. 2020) that the paper slims down:
 
     G(x, c) = sum_i G_i(x_i, c) + S(x)                      (Eq. 15)
 
@@ -210,7 +208,7 @@ def gaussian_kernel1d(sigma, radius=None):
 class GaussianBlur(keras.layers.Layer):
     """A fixed Gaussian smoothing of images (separable, reflect-padded): S(x) of Eq. 15.
 
-    After 000_a8fb4f73aa903839.txt, Appendix E: "an over-smoothed version of
+    After Brokman & Gilboa (2022), Appendix E: "an over-smoothed version of
     x - either learnt smoothing or Gaussian smoothing". The kernel is a
     constant (no weights); borders are reflected so that the smoothed image
     keeps the brightness of the edges. It smooths in float32 (at least)
@@ -284,7 +282,7 @@ def bottleneck_widths(filters, num_layers):
 class LearnedDiffusion(keras.layers.Layer):
     """A learnt nonlinear diffusion u_{t+1} = u_t + dt * CNN(u_t), with its exact decomposition.
 
-    After 000_a8fb4f73aa903839.txt, Appendix E (Eqs. 16-17; the idea of
+    After Brokman & Gilboa (2022), Appendix E (Eqs. 16-17; the idea of
     Chen & Pock's trainable nonlinear diffusion): one CNN, shared by all
     steps (a recurrent network), drives ``steps`` explicit Euler steps from
     ``u_0 = x``. `decompose` returns the residuals ``phi_t = u_t - u_{t+1}``
@@ -411,7 +409,7 @@ def _check_downsamples(num_downsamples, height, width, name):
 class BranchedGenerator(keras.layers.Layer):
     """G(x, c) = sum_i G_i(x_i, c) + S(x): branched slim StarGAN v2 generators plus a smoothing.
 
-    After 000_a8fb4f73aa903839.txt, Sec. 7 and Appendix E (Eq. 15); see the
+    After Brokman & Gilboa (2022), Sec. 7 and Appendix E (Eq. 15); see the
     module docstring for the architecture. Called as ``gen([images,
     target_classes])`` (images ``[batch, H, W, C]``, classes int ``[batch]``)
     it returns the translated images; with ``return_branches=True`` a dict:
@@ -642,7 +640,7 @@ def find_generator(model):
 class MultiDomainDiscriminator(keras.layers.Layer):
     """StarGAN v2's multi-domain discriminator: one real/fake logit per class.
 
-    After 000_a8fb4f73aa903839.txt, Sec. 7 (the discriminator of StarGAN v2,
+    After Brokman & Gilboa (2022), Sec. 7 (the discriminator of StarGAN v2,
     Choi et al. 2020): ``from_rgb`` 3x3 conv, ``num_downsamples`` residual
     blocks (no normalisation, average-pool downsampling, widths doubling from
     ``dim_in`` up to ``max_dim``), LeakyReLU(0.2), a conv whose kernel covers

@@ -1,7 +1,6 @@
 """ModularLossEnsemble: M networks of one architecture evaluated as one layer.
 
-After 004_226906bbadadb648.txt (Webb et al.), Sec. 3.3 and 4, and
-../shared/docs/SPEC-NOTES.md, section 2: the modules of a jointly trained
+After Webb et al. (2019), Sec. 3.3 and 4: the modules of a jointly trained
 ensemble share one architecture, so each of their layers is one batched
 operation, and the layer returns the natural parameters of every module,
 ``[batch, M, K]`` (logits for classification), for `branchzoo.losses.ModularLoss`.
@@ -206,7 +205,7 @@ def _he_fan_out(kernel_area, out_per_module):
 class ModularLossEnsemble(keras.layers.Layer):
     """``M`` modules of one architecture as one layer, returning ``[batch, M, K]``.
 
-    After 004_226906bbadadb648.txt, Sec. 3.3 (batched matmuls and grouped
+    After Webb et al. (2019), Sec. 3.3 (batched matmuls and grouped
     convolutions) and Sec. 4 (the MLP, CNN and DenseNet-BC modules); train
     it with `branchzoo.losses.ModularLoss`. See the module docstring for the
     layout of the batched layers and the initialisation.

@@ -1,8 +1,7 @@
 """GatedConnect: the learned connections between two multi-branch modules.
 
-After 002_6ffcaba31e771062.txt (Ahmed & Torresani, "Connectivity Learning in
-Multi-Branch Networks"), Eq. 1, Sec. 2.2 and Algorithm 1, with the choices of
-../shared/docs/SPEC-NOTES.md, section 1.
+After Ahmed & Torresani (2017), Eq. 1, Sec. 2.2 and Algorithm 1, with the
+choices of its reference code where the paper is silent (docs/papers.md).
 
 Block ``j`` of module ``i`` reads ``K`` (the fan-in) of the ``C`` block
 outputs of module ``i - 1``, chosen by a binary gate row ``g_j`` with
@@ -66,7 +65,7 @@ def sample_gates(gates, fan_in, seed=None):
 
     Successive sampling without replacement from ``p = g / sum(g)``: the first
     index with probability ``p_a``, the next among the rest with ``p_b / (1 -
-    p_a)``, and so on (Algorithm 1 of 002_6ffcaba31e771062.txt). The
+    p_a)``, and so on (Algorithm 1 of Ahmed & Torresani 2017). The
     Gumbel-top-k trick draws exactly this: the ``K`` largest of ``log g_k +
     Gumbel noise`` (the normalising constant shifts a row and cannot change
     its order, so rows need not be normalised).
@@ -103,7 +102,7 @@ def random_connectivity(cardinality, num_inputs, fan_in, seed):
 
     Each row is an independent uniform draw of ``fan_in`` distinct inputs
     (NumPy's generator seeded with `seed`): the Fixed-Random baseline of
-    002_6ffcaba31e771062.txt, Table 1.
+    Ahmed & Torresani (2017), Table 1.
     """
     rng = np.random.default_rng(seed)
     mask = np.zeros((cardinality, num_inputs), "float32")
@@ -127,7 +126,7 @@ class UnitInterval(keras.constraints.Constraint):
 class GatedConnect(keras.layers.Layer):
     """The gated connection between two multi-branch modules (GateConnect).
 
-    After 002_6ffcaba31e771062.txt, Eq. 1, Sec. 2.2 and Algorithm 1.
+    After Ahmed & Torresani (2017), Eq. 1, Sec. 2.2 and Algorithm 1.
 
     Input: the ``num_inputs`` block outputs of the previous module, side by
     side along the last axis (grouped channel layout ``[..., num_inputs * F]``,
@@ -142,8 +141,7 @@ class GatedConnect(keras.layers.Layer):
     Eq. 1: the blocks are residual (``y = x + F(x)``), so a sum would multiply
     the identity path by ``K`` at every module (``8^9`` over the nine modules
     of a Fixed-Full ResNeXt-29). With the mean, ``K = C`` (Fixed-Full) is
-    ResNeXt with its residual branch scaled by ``1 / C``
-    (../shared/docs/SPEC-NOTES.md, section 1).
+    ResNeXt with its residual branch scaled by ``1 / C``.
 
     Connectivity:
 

@@ -2,7 +2,7 @@
 
 Every family in the zoo evaluates C parallel branches as one layer: ResNeXt /
 GatedConnect blocks are grouped 3x3 convolutions (groups = cardinality), the
-modular ensembles of ../shared/docs/SPEC-NOTES.md (section 2) are M networks
+modular ensembles of Webb et al. (2019) are M networks
 run as grouped convolutions (groups = M) and batched matmuls (weights
 ``[M, in, out]``).
 
@@ -52,7 +52,7 @@ rule was set on a 2-core Intel Sapphire Rapids VM (TF 2.21 / JAX 0.10) and
 rechecked on a 2-core AMD EPYC Zen 4 VM (both with AVX-512, where TensorFlow
 runs oneDNN), where merging 16 -> 16 groups in pairs was again slower. The
 ratios to PyTorch move between CPUs (on a 2-core AMD EPYC without AVX-512,
-issue 9, GroupedConv2D / PyTorch read 1.68, 1.45 and 0.94 on three shapes
+GroupedConv2D / PyTorch read 1.68, 1.45 and 0.94 on three shapes
 where the Zen 4 VM read 0.62, 1.39 and 0.96); each table there names its
 machine. The rule looks at the devices of the process, not at a surrounding
 ``tf.device`` scope.
@@ -409,8 +409,7 @@ class BatchedDense(keras.layers.Layer):
 
     Module ``m`` maps ``inputs[..., m, :]`` to ``outputs[..., m, :]`` with its
     own ``kernel[m]`` (``in x units``) and ``bias[m]``: the modular MLP
-    ensembles of Webb et al. ("To Ensemble or Not Ensemble",
-    SPEC-NOTES.md section 2) run their ``M`` members this way.
+    ensembles of Webb et al. (2019) run their ``M`` members this way.
 
     The kernel initializer acts per module: each ``kernel[m]`` has the
     distribution a ``keras.layers.Dense(units)`` on ``in`` inputs would get

@@ -1,7 +1,7 @@
 """MultiPathBlock: parallel conv pathways whose outputs are summed (MPNet).
 
-After 003_4bdb2e82324dbf00.txt, Sec. 4 and Fig. 4, with the layout of its
-reference code (../shared/docs/SPEC-NOTES.md, section 3).
+After Richter et al. (2022), Sec. 4 and Fig. 4, with the layout of its
+reference code (docs/papers.md).
 """
 
 import keras
@@ -35,7 +35,7 @@ class MultiPathBlock(keras.layers.Layer):
     use_bias=False)``, ``BatchNormalization`` and ``ReLU``; the block returns
     the element-wise sum of the pathway outputs (no skip connection). With
     ``strides=2`` the LAST layer of every pathway downsamples, as the
-    reference code of 003_4bdb2e82324dbf00.txt does in the last block of each
+    reference code of Richter et al. (2022) does in the last block of each
     stage.
 
     Every sublayer is named ``path{p}_{conv,bn,relu}{l}`` (1-based), so

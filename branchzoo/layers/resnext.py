@@ -1,8 +1,7 @@
 """ResNeXtModule: the C residual blocks of one multi-branch module, run as grouped convolutions.
 
-After 002_6ffcaba31e771062.txt, Sec. 2.1 (Fig. 1) and the CIFAR ResNeXt of
-Xie et al. (form C), with the layout of ../shared/docs/SPEC-NOTES.md,
-section 1.
+After Ahmed & Torresani (2017), Sec. 2.1 (Fig. 1) and the CIFAR ResNeXt of
+Xie et al. (form C), in the layout of its reference code (docs/papers.md).
 """
 
 import keras
@@ -20,7 +19,7 @@ OUTPUT_BN = ("per_block", "shared")
 class ResNeXtModule(keras.layers.Layer):
     """``C`` residual blocks side by side, each with its own input (GatedConnect's module).
 
-    After 002_6ffcaba31e771062.txt, Sec. 2.1: block ``j`` computes ``y_j =
+    After Ahmed & Torresani (2017), Sec. 2.1: block ``j`` computes ``y_j =
     s(x_j) + F_j(x_j)``, with ``F_j`` = 1x1 conv ``in -> w``, BN, ReLU, 3x3
     conv ``w -> w`` (the stride sits here), BN, ReLU, 1x1 conv ``w ->
     filters``, BN. The ``C`` blocks run together: every conv is one
@@ -33,8 +32,7 @@ class ResNeXtModule(keras.layers.Layer):
     - ``"per_block"``: each block has its own BN over its ``filters``
       outputs (``bn3`` has ``C * filters`` channels, block ``j`` at ``j *
       filters ..``). With it, ResNeXt-29 {29,8,8} (block outputs 64, 128,
-      256) has the 0.86M parameters of the paper's Table 1
-      (../shared/docs/SPEC-NOTES.md, section 1).
+      256) has the 0.86M parameters of the paper's Table 1.
     - ``"shared"``: one BN over ``filters`` channels (Xie et al.'s form C:
       ResNeXt-29 8x64d has 34.4M parameters). With ``aggregate`` it
       normalises the mean of the blocks' last convs (form C's one dense

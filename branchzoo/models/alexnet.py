@@ -1,11 +1,11 @@
 """Branched first layers: AlexNet's two-branch block and small 32x32 analogues.
 
-After 001_54705f77118ebd52.txt (Voss et al., "Branch Specialization",
-Distill 2021): AlexNet's first two layers are split into two branches that
-cannot communicate until they rejoin after the second layer, and the first
-layer's neurons organise into a black-and-white Gabor branch and a colour
-branch (Fig. 1); a model with its first layer split into four branches
-specialises in colour and frequency (Fig. 7).
+After Voss et al. (2021), "Branch Specialization" (Distill): AlexNet's first
+two layers are split into two branches that cannot communicate until they
+rejoin after the second layer, and the first layer's neurons organise into a
+black-and-white Gabor branch and a colour branch (Fig. 1); a model with its
+first layer split into four branches specialises in colour and frequency
+(Fig. 7).
 
 Branches are channel blocks, branch-major (as everywhere in branchzoo): the
 first convolution reads the image for every branch at once (one
@@ -69,7 +69,7 @@ def alexnet(
 ):
     """AlexNet with its first block (conv1, conv2) split into `num_branches` branches.
 
-    After 001_54705f77118ebd52.txt, Fig. 1 (Krizhevsky et al. 2012, the
+    After Voss et al. (2021), Fig. 1 (Krizhevsky et al. 2012, the
     two-GPU layout; Caffe's ``bvlc_alexnet``). conv1 11x11/4 (96), max-pool
     3/2, conv2 5x5 (256, the branches), max-pool 3/2, conv3 3x3 (384, all
     channels), conv4 3x3 (384) and conv5 3x3 (256) in `later_groups` groups,
@@ -149,7 +149,7 @@ def branched_stem_cnn(
 ):
     """A 32x32 CNN whose first layers are split into branches.
 
-    After 001_54705f77118ebd52.txt, where branches are "sequences of layers
+    After Voss et al. (2021), where branches are "sequences of layers
     which temporarily don't have access to 'parallel' information":
     ``num_branches=2`` is the AlexNet-style two-branch first block (Fig. 1),
     ``num_branches=4`` the four-branch first layers (Fig. 7), both at CIFAR

@@ -1,7 +1,7 @@
 """BranchedGAN: class transfer with a BranchedGenerator whose branches decompose images.
 
-After 000_a8fb4f73aa903839.txt, Sec. 7 and Appendices D-E (Brokman &
-Gilboa): a StarGAN v2-style class-transfer GAN (Choi et al. 2020) whose
+After Brokman & Gilboa (2022), Sec. 7 and Appendices D-E: a
+StarGAN v2-style class-transfer GAN (Choi et al. 2020) whose
 generator is a sum of slim generators plus a smoothing of the input,
 ``G(x, c) = sum_i G_i(x_i, c) + S(x)`` (`branchzoo.layers.BranchedGenerator`),
 judged by a multi-domain discriminator
@@ -70,7 +70,7 @@ def default_optimizer():
 class BranchedGAN(keras.Model):
     """A class-transfer GAN: BranchedGenerator, multi-domain discriminator, adversarial loss (+ optional R1).
 
-    After 000_a8fb4f73aa903839.txt, Sec. 7 and Appendix E. Trains on batches
+    After Brokman & Gilboa (2022), Sec. 7 and Appendix E. Trains on batches
     ``((images, source_classes), target_classes)`` (`branchzoo.data` with
     ``pairing="target_class"``). Each ``train_step``:
 
@@ -302,7 +302,7 @@ def branched_gan(
 ):
     """Builds a `BranchedGAN`: a BranchedGenerator and a multi-domain discriminator.
 
-    After 000_a8fb4f73aa903839.txt, Sec. 7 and Appendices D-E. The generator
+    After Brokman & Gilboa (2022), Sec. 7 and Appendices D-E. The generator
     is the functional model ``generator`` (inputs ``image`` ``[H, W, C]`` and
     ``target_class`` int32 ``[]``; output the translation; its layer
     ``branched_generator``), the discriminator the functional model

@@ -1,6 +1,6 @@
 """Branched models whose output is the sum of N identical branches (BranchSum).
 
-After 000_a8fb4f73aa903839.txt: the CIFAR-10 classifier of Sec. 6 (each
+After Brokman & Gilboa (2022): the CIFAR-10 classifier of Sec. 6 (each
 branch a slim ResNet18, CIFAR layout of the pytorch-cifar reference [15];
 logits summed, then clamped) and small branched MLPs for the toy and Hessian
 studies of Secs. 4.1 and 5.
@@ -60,7 +60,7 @@ def branched_resnet(
 ):
     """Builds N CIFAR-layout BasicBlock ResNets summed by a `BranchSum`.
 
-    After 000_a8fb4f73aa903839.txt, Sec. 6 (branches: slim ResNet18s of the
+    After Brokman & Gilboa (2022), Sec. 6 (branches: slim ResNet18s of the
     pytorch-cifar reference code).
 
     Layer names: ``stem_conv``, ``stem_bn``, ``stem_relu``,
@@ -153,7 +153,7 @@ def branched_resnet18(
 ):
     """N slim CIFAR ResNet18 branches whose logits are summed (and clamped).
 
-    After 000_a8fb4f73aa903839.txt, Sec. 6: the CIFAR-10 classifier whose
+    After Brokman & Gilboa (2022), Sec. 6: the CIFAR-10 classifier whose
     branches specialise (Figs. 5-8). Base width 16 gives 0.70M parameters per
     branch (701,466 with 10 classes), 64 the full ResNet18 (11.17M).
     See `branched_resnet` for the layout, layer names and arguments.
@@ -192,7 +192,7 @@ def branched_mlp(
 ):
     """N small MLP branches whose outputs are summed: a BranchSum model small enough for a Hessian.
 
-    After 000_a8fb4f73aa903839.txt, Secs. 4.1 and 5 (toy branches; the
+    After Brokman & Gilboa (2022), Secs. 4.1 and 5 (toy branches; the
     Hessian of a branched model). The input is flattened; the first hidden
     layer of all branches is one ``Dense(N * units)`` (the branches share
     only their input), the later ones and the heads are `BatchedDense`.

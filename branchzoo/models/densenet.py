@@ -1,6 +1,6 @@
 """DenseNet-BC: the tail-pattern model whose last dense block is skipped.
 
-After 003_4bdb2e82324dbf00.txt, Sec. 3 and Fig. 3b ("DenseNet18" on CIFAR-10 at
+After Richter et al. (2022), Sec. 3 and Fig. 3b ("DenseNet18" on CIFAR-10 at
 32x32: probe accuracy decays through the last dense block), with the layout
 of the paper's reference code (torchvision's DenseNet; its DenseNet18 is
 growth rate 32, blocks 4, 4, 4, 4, 64 initial features, bottleneck 4):
@@ -50,7 +50,7 @@ def densenet(
 ):
     """Builds a DenseNet-BC as the paper's reference code (torchvision) lays it out.
 
-    After 003_4bdb2e82324dbf00.txt, Sec. 3, Fig. 3b.
+    After Richter et al. (2022), Sec. 3, Fig. 3b.
 
     Layer names: ``stem_conv``, ``stem_bn``, ``stem_relu`` (``stem_pad``,
     ``stem_pool_pad``, ``stem_pool`` with the ImageNet stem);

@@ -1,6 +1,6 @@
 """InceptionV1 (GoogLeNet) with every branch of every Inception block named.
 
-After 001_54705f77118ebd52.txt (Distill's "Branch Specialization"): the
+After Voss et al. (2021) (Distill's "Branch Specialization"): the
 5x5 branch of ``mixed3a`` (32 of its 256 channels) holds all its
 black-and-white-vs-colour detectors, the 5x5 branch of ``mixed3b`` (96 of
 480) all its curve detectors. The layout is Szegedy et al. 2015, Table 1
@@ -80,7 +80,7 @@ def inception_v1(
 ):
     """InceptionV1 / GoogLeNet with named Inception branches (Lucid's layer names).
 
-    After 001_54705f77118ebd52.txt (the network of its Figs. 5-6) with the
+    After Voss et al. (2021) (the network of its Figs. 5-6) with the
     layout of Szegedy et al. 2015, Table 1; see the module docstring for
     the names.
 

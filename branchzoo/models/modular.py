@@ -1,4 +1,4 @@
-"""Modular-loss ensembles: the MLP, CNN and DenseNet-BC ensembles of 004_226906bbadadb648.txt.
+"""Modular-loss ensembles: the MLP, CNN and DenseNet-BC ensembles of Webb et al. (2019).
 
 Webb et al., "Joint Training of Neural Network Ensembles" (2019), Sec. 4. Every
 builder returns a functional model ``images -> ensemble`` whose output is the
@@ -40,7 +40,7 @@ def modular_mlp(num_modules, hidden_units, num_classes=10, input_shape=(28, 28, 
                 active_modules=None, name=None):
     """Builds an ensemble of ``num_modules`` MLPs, the paper's ``M-M-H-H`` configurations.
 
-    After 004_226906bbadadb648.txt, Sec. 4.1: single hidden-layer ReLU MLPs on
+    After Webb et al. (2019), Sec. 4.1: single hidden-layer ReLU MLPs on
     flattened images; ``modular_mlp(256, 4)`` is 256-M-4-H. The first layers
     of all modules are one ``Dense(M * H)`` on the shared input, the rest
     `BatchedDense` (see `ModularLossEnsemble`).
@@ -78,7 +78,7 @@ def modular_cnn(num_modules=10, filters=(32, 64, 64, 128, 128), strides=(1, 2, 1
                 padding="valid", num_classes=10, input_shape=(32, 32, 3), active_modules=None, name=None):
     """Builds an ensemble of ``num_modules`` small VGG-style CNNs (Table 3).
 
-    After 004_226906bbadadb648.txt, Sec. 4.2, Table 3: per module, 3x3 convs
+    After Webb et al. (2019), Sec. 4.2, Table 3: per module, 3x3 convs
     with 32, 64, 64, 128, 128 filters and strides 1, 2, 1, 2, 1, VALID
     padding (32 -> 30 -> 14 -> 12 -> 5 -> 3), ReLU, no BN, global average
     pool, Dense(K). Ten modules on CIFAR-10 have 2,790,500 parameters.
@@ -119,7 +119,7 @@ def modular_densenet_bc(depth=100, growth_rate=12, num_modules=4, compression=0.
                         input_shape=(32, 32, 3), bn_momentum=0.9, bn_epsilon=1e-5, active_modules=None, name=None):
     """Builds an ensemble of ``num_modules`` DenseNet-BC networks, DN-depth-k-M (Table 4).
 
-    After 004_226906bbadadb648.txt, Sec. 4.3 (DenseNet-BC of Huang et al.
+    After Webb et al. (2019), Sec. 4.3 (DenseNet-BC of Huang et al.
     2017 in the layout of Amos & Kolter's code): DN-100-12-4, DN-82-8-8 and
     DN-64-6-16 on CIFAR-100. Grouped convolutions (groups = M) with the dense
     concatenation kept per module (see `ModularLossEnsemble`).
@@ -204,7 +204,7 @@ def ensemble_layer(model):
 def sub_ensemble(model, active_modules, name=None):
     """A model that shares `model`'s weights and returns only the `active_modules`.
 
-    After 004_226906bbadadb648.txt, Sec. 4.1 ("Robustness"): partial
+    After Webb et al. (2019), Sec. 4.1 ("Robustness"): partial
     evaluation of an ensemble. The result maps the same inputs to ``[batch,
     len(active_modules), K]``; its mean over axis 1 is the sub-ensemble's
     prediction.

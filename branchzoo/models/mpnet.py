@@ -1,9 +1,8 @@
-"""MPNet: the multi-path networks of 003_4bdb2e82324dbf00.txt (Richter et al.).
+"""MPNet: the multi-path networks of Richter et al. (2022).
 
 ``MPNetK(n1:s1xs1, n2:s2xs2)`` has four stages of K blocks; each block runs
 pathways of ``n_p`` conv layers of kernel ``s_p`` side by side and sums them
-(Sec. 4, Fig. 4). The layout follows the paper's reference code
-(../shared/docs/SPEC-NOTES.md, section 3):
+(Sec. 4, Fig. 4). The layout follows the paper's reference code (docs/papers.md):
 
 - stem: 3x3 conv 3 -> ``widths[0]`` (no bias), BN, ReLU;
 - stages of widths 64, 128, 256, 512, ``blocks_per_stage`` `MultiPathBlock`s each;
@@ -61,7 +60,7 @@ def mpnet(
 ):
     """Builds MPNetK(n1:s1xs1, n2:s2xs2, ...) with the Keras functional API.
 
-    After 003_4bdb2e82324dbf00.txt, Sec. 4 (layout of its reference code).
+    After Richter et al. (2022), Sec. 4 (layout of its reference code).
 
     Layer names: ``stem_conv``, ``stem_bn``, ``stem_relu``,
     ``stage{s}_block{b}`` (a `MultiPathBlock` whose sublayers are

@@ -1,6 +1,6 @@
 """ResNet with basic blocks: the tail-pattern model whose unproductive blocks are skipped.
 
-After 003_4bdb2e82324dbf00.txt, Sec. 3 and Fig. 3c (ResNet34 on CIFAR-10 at
+After Richter et al. (2022), Sec. 3 and Fig. 3c (ResNet34 on CIFAR-10 at
 32x32: probe accuracy zig-zags as residual blocks in the tail are skipped),
 with the layout of the paper's reference code (torchvision's ResNet):
 
@@ -48,7 +48,7 @@ def resnet(
 ):
     """Builds a basic-block ResNet as the paper's reference code (torchvision) lays it out.
 
-    After 003_4bdb2e82324dbf00.txt, Sec. 3, Fig. 3c.
+    After Richter et al. (2022), Sec. 3, Fig. 3c.
 
     Layer names: ``stem_conv``, ``stem_bn``, ``stem_relu`` (``stem_pad``,
     ``stem_pool_pad``, ``stem_pool`` with the ImageNet stem), then per block

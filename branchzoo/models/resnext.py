@@ -1,8 +1,7 @@
 """ResNeXt for CIFAR with learned connectivity between branches (GatedConnect).
 
-After 002_6ffcaba31e771062.txt (Ahmed & Torresani), Sec. 2 and Table 1, on
-the CIFAR ResNeXt-29 of Xie et al. (form C), with the layout of
-../shared/docs/SPEC-NOTES.md, section 1:
+After Ahmed & Torresani (2017), Sec. 2 and Table 1, on the CIFAR ResNeXt-29
+of Xie et al. (form C), in the layout of its reference code (docs/papers.md):
 
 - stem: 3x3 conv 3 -> ``stem_width`` (no bias), BN, ReLU;
 - three stages of ``(depth - 2) / 9`` modules (`ResNeXtModule`: ``C`` residual
@@ -20,11 +19,10 @@ The BN after the blocks' last 1x1 conv is one per block (``output_bn=
 "per_block"``, the layout that gives the paper's small models' counts,
 {29,8,8} 0.86M) or one over the block output width (``"shared"``, Xie et
 al.'s form C: ResNeXt-29 8x64d 34.4M); by default ``"shared"`` with the
-canonical stage widths 256/512/1024 and ``"per_block"`` with any others
-(../shared/docs/SPEC-NOTES.md, section 1). A shared BN normalises each
-block of a gated module with statistics pooled over its ``C`` blocks, and
-the mean of the blocks in Fixed-Full: with it, Learned ``K = C`` equals
-Fixed-Full at inference but not in training.
+canonical stage widths 256/512/1024 and ``"per_block"`` with any others.
+A shared BN normalises each block of a gated module with statistics pooled
+over its ``C`` blocks, and the mean of the blocks in Fixed-Full: with it,
+Learned ``K = C`` equals Fixed-Full at inference but not in training.
 
 ``connectivity="full"`` (Fixed-Full) has no gate layers: every block reads
 the mean of the previous module's outputs, so each module reads ONE shared
@@ -99,7 +97,7 @@ def resnext_cifar(
 ):
     """Builds a CIFAR ResNeXt {D, w, C} whose modules are connected by GatedConnect.
 
-    After 002_6ffcaba31e771062.txt, Sec. 2, Table 1 (architectures {D, w, C},
+    After Ahmed & Torresani (2017), Sec. 2, Table 1 (architectures {D, w, C},
     connectivities Fixed-Full, Learned K, Fixed-Random K).
 
     Layer names: ``stem_conv``, ``stem_bn``, ``stem_relu``, ``module{i}``
@@ -307,7 +305,7 @@ def _pruned_module(module, keep, shared_input):
 def prune_gated(model, name=None):
     """A new model without the blocks that no gate of the next module reads.
 
-    After 002_6ffcaba31e771062.txt, Sec. 2.1 and Table 1 ("Test" params):
+    After Ahmed & Torresani (2017), Sec. 2.1 and Table 1 ("Test" params):
     working back from the head, a block of module ``i`` is kept when a kept
     block of module ``i + 1`` reads it through its inference-time (top-K)
     gates. Kept blocks keep their weights; the gates become fixed binary
@@ -376,7 +374,7 @@ def prune_gated(model, name=None):
 
 
 def parameter_report(model, pruned=None):
-    """Train vs test parameters, Table 1's columns (002_6ffcaba31e771062.txt).
+    """Train vs test parameters, Table 1's columns (Ahmed & Torresani 2017).
 
     Args:
         model: a model from `resnext_cifar`.

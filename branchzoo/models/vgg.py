@@ -1,6 +1,6 @@
 """VGG with batch normalisation for small images: the sequential tail-pattern model.
 
-After 003_4bdb2e82324dbf00.txt, Sec. 3 and Figs. 1 and 3a (VGG16 on CIFAR-10 at
+After Richter et al. (2022), Sec. 3 and Figs. 1 and 3a (VGG16 on CIFAR-10 at
 its native 32x32: the tail layers keep, but no longer improve, the
 intermediate solution), with the layout of the paper's reference code:
 
@@ -43,7 +43,7 @@ def vgg(
 ):
     """Builds a VGG (BN after every conv) as the paper's reference code lays it out.
 
-    After 003_4bdb2e82324dbf00.txt, Sec. 3, Figs. 1, 3a.
+    After Richter et al. (2022), Sec. 3, Figs. 1, 3a.
 
     Layer names: ``stage{s}_conv{l}``, ``stage{s}_bn{l}``, ``stage{s}_relu{l}``,
     ``stage{s}_pool``, then ``avg_pool``, ``head_bn1``, ``head_dropout1``,
