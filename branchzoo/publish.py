@@ -63,9 +63,12 @@ def publish_weights(name, run_dir=None, seed=0):
     run_dir = run_dir or os.path.join("runs", f"publish-{name}")
     run = training.resolve_run_config(name, seed=seed, output=run_dir)
     started, cpu_started = time.time(), time.process_time()
-    trained = training.train(run, resume=os.path.exists(os.path.join(run_dir, "backup")), verbose=2)
-    # CPU seconds (all threads) measure the work whatever else shares the machine; wall seconds do not
-    budget = {"epochs": trained["epochs"], "seconds_in_last_process": round(time.time() - started),
+    resumed = os.path.exists(os.path.join(run_dir, "backup"))
+    trained = training.train(run, resume=resumed, verbose=2)
+    # CPU seconds (all threads) measure the work whatever else shares the machine; wall seconds do
+    # not. A resumed run's seconds cover only the last process: "resumed" says so.
+    budget = {"epochs": trained["epochs"], "resumed": resumed,
+              "seconds_in_last_process": round(time.time() - started),
               "cpu_seconds_in_last_process": round(time.process_time() - cpu_started),
               "cpu": training.cpu_name(), "cores": os.cpu_count(), "gpus": _gpu_count()}
     checkpoint = os.path.join(run_dir, "model.keras")

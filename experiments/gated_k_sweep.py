@@ -39,7 +39,8 @@ def parse_args(argv=None):
                    help="folder holding CIFAR-10 (default: $BRANCHZOO_DATA_DIR)")
     p.add_argument("--fan-ins", default="1,2,4,8", help="comma-separated K values (1..8)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per K (at least 2: joint + finetune)")
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="batches per epoch (smoke runs)")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="batches per epoch (default: the whole training split, 782 batches of 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=os.path.join(REPO, "experiments", "output", "gated_k_sweep"))
     p.add_argument("--runs", default=os.path.join(REPO, "runs", "gated_k_sweep"))
@@ -83,6 +84,7 @@ def run_one(k, args):
         "fan_in": k,
         "test_top1": metrics["top1"],
         "epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch,
         "train_params": numbers["train_params"],
         "test_params": numbers["test_params"],
         "test_param_share": numbers["test_params"] / numbers["train_params"],
@@ -122,7 +124,8 @@ def summary_markdown(report):
         f"# Learned fan-in K on CIFAR-10 (JPEG q75): {report['model']}",
         "",
         f"Written by experiments/gated_k_sweep.py from report.json. Command: `{report['command']}`.",
-        f"Each K: the `{ENTRY}` recipe with fan_in=K, {rows[0]['epochs']} epochs in all.",
+        f"Each K: the `{ENTRY}` recipe with fan_in=K, {rows[0]['epochs']} epochs in all"
+        + (f" of {rows[0]['steps_per_epoch']} batches each." if rows[0].get("steps_per_epoch") else "."),
         "",
         "| K | test top-1 | train params | test params (pruned) | test / train | superfluous blocks | "
         "gates at 1 | top-K ties | CPU s |",
