@@ -191,11 +191,9 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    from branchzoo import data, optimizers
-    from branchzoo.analysis import plots, tail
-    from branchzoo.analysis.extraction import analysis_layers
+    from _cifar10 import OPTIMIZER, compile_sgd, probes_with_tails
+    from branchzoo import data
     from branchzoo.analysis.gradients import GradientFlowRecorder
-    from branchzoo.analysis.probes import ProbeResult
     from branchzoo.analysis.registry import AnalysisData, get_analysis, write_report
     from branchzoo.models import mpnet
 
@@ -207,14 +205,7 @@ def main(argv=None):
     train = data.load_dataset("cifar10", "train", args.batch_size, data_dir=args.data_dir, seed=args.seed,
                               steps_per_epoch=args.steps_per_epoch)
     steps_per_epoch = int(train.cardinality().numpy())
-    boundaries = [round(steps_per_epoch * args.epochs * f) for f in (1 / 3, 2 / 3)]
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        boundaries, [args.lr, args.lr * 0.1, args.lr * 0.01])
-    model.compile(
-        optimizer=optimizers.SGD(schedule, momentum=0.9, l2=5e-4),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    compile_sgd(model, steps_per_epoch, args.epochs, args.lr)
     recorder = GradientFlowRecorder(model)
     recorder.attach(model.optimizer)
     test = data.load_dataset("cifar10", "test", 256, data_dir=args.data_dir)
@@ -244,18 +235,8 @@ def main(argv=None):
 
     # Fig. 3 style: probe accuracy and saturation in one figure, each pathway's tail shaded
     # where both signals put it.
-    p = results["probes"].numbers
-    infos = analysis_layers(model)
-    sat = results["saturation"].numbers["saturation"]
-    tails = tail.tail_patterns(infos, saturation=sat, accuracy=p["accuracy"])
-    probe_result = ProbeResult(
-        layers=infos, accuracy=p["accuracy"], train_accuracy=p["train_accuracy"],
-        model_test_accuracy=p["model_test_accuracy"], num_classes=info.num_classes,
-        num_train=p["num_train"], num_test=p["num_test"], not_converged=p["not_converged"],
-        pathway_titles=p["pathway_titles"],
-    )
-    results["probes"].figures["with-saturation"] = plots.plot_probes(
-        probe_result, saturation=sat, spans=tail.tail_spans(tails, infos))
+    tails, results["probes"].figures["with-saturation"] = probes_with_tails(
+        model, results["probes"].numbers, results["saturation"].numbers["saturation"], info.num_classes)
 
     command = "BRANCHZOO_DATA_DIR=<data> python experiments/mpnet_probes_cifar10.py " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--data-dir"))
@@ -268,7 +249,7 @@ def main(argv=None):
             "parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
             "training": {"epochs": args.epochs, "steps_per_epoch": steps_per_epoch,
                          "batch_size": args.batch_size, "lr": args.lr,
-                         "optimizer": "SGD momentum 0.9, coupled L2 5e-4, lr x0.1 at 1/3 and 2/3",
+                         "optimizer": OPTIMIZER,
                          "seconds": round(train_seconds, 1), "cpu_seconds": round(train_cpu, 1),
                          "history": {k: [round(float(v), 4) for v in vs] for k, vs in history.history.items()}},
             "test_accuracy": float(accuracy),

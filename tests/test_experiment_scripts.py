@@ -1,4 +1,4 @@
-"""The measurements of experiments/branch_svd.py and the report of experiments/gated_k_sweep.py.
+"""The measurements of experiments/branch_svd.py and the reports of gated_k_sweep.py and tail_patterns_cifar10.py.
 
 Expected values are by hand (worked in the comments), not from the scripts.
 The scripts' training runs need CIFAR-10 and are run by their commands
@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.join(REPO, "experiments"))
 
 import branch_svd  # noqa: E402
 import gated_k_sweep  # noqa: E402
+import tail_patterns_cifar10  # noqa: E402
 
 
 def test_colourfulness_is_zero_for_grey_and_two_thirds_for_one_channel():
@@ -77,3 +78,46 @@ def test_k_sweep_bad_arguments_exit_2_with_one_line(argv, message, capsys):
         gated_k_sweep.parse_args(["--data-dir", "x", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _tail_report(tail_layers, gain):
+    acc = {"c4": 0.61, "c1": 0.4, "c3": 0.62, "c2": 0.6}  # sorted as report.json is; forward order in "layers"
+    return {
+        "experiment": {"command": "python experiments/tail_patterns_cifar10.py --epochs 3", "width_multiplier": 0.25,
+                       "parameters": 12345, "test_accuracy": 0.8123,
+                       "training": {"epochs": 3, "steps_per_epoch": 391, "cpu_seconds": 600}},
+        "probes": {"accuracy": acc, "layers": ["c1", "c2", "c3", "c4"], "not_converged": 0,
+                   "tail": {"main": {"layers": ["c4"], "length": 1, "start": "c4"}}},
+        "saturation": {"tail": {"main": {"layers": [], "length": 0, "start": None}}},
+        "tail": {"result": {"layers": tail_layers, "length": len(tail_layers),
+                            "start": tail_layers[0] if tail_layers else None, "mean_saturation_tail": 0.1,
+                            "mean_saturation_rest": 0.5, "probe_gain_in_tail": gain},
+                 "rule": {"relative": 0.5, "tolerance": 0.01, "min_length": 2}},
+    }
+
+
+def test_tail_summary_rows_by_hand():
+    text = tail_patterns_cifar10.summary_markdown({
+        "vgg16_cifar10": _tail_report(["c3", "c4"], 0.02),
+        "densenet18_cifar10": _tail_report([], None),
+    })
+    # 600 CPU s = 10 CPU min; best probe c3 at 0.620; last layer c4 at 0.610
+    assert ("| vgg16_cifar10 | x0.25 | 12,345 | 3 x 391 | 10 | 81.23% | 0 of 4 | c3 (0.620) | 0.610 | "
+            "1 from c4 | none | 2 of 4 layers from c3 (saturation 0.10 in the tail vs 0.50 before; probe gain in the tail +0.020) |"
+            ) in text
+    (densenet_row,) = [line for line in text.splitlines() if line.startswith("| densenet18_cifar10 |")]
+    assert densenet_row.endswith("| 1 from c4 | none | none |")  # probes alone, saturation alone, together
+    assert "Command: `python experiments/tail_patterns_cifar10.py --epochs 3`" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "vgg19_cifar10"], "--models: expected names from vgg16_cifar10"),
+    (["--width-multiplier", "2"], "--width-multiplier: expected a number in (0, 1]"),
+    (["--epochs", "0"], "--epochs: expected a positive integer"),
+])
+def test_tail_patterns_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tail_patterns_cifar10.parse_args(["--data-dir", "x", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err

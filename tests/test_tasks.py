@@ -4,6 +4,7 @@ Each mechanism is exercised on tiny models registered here, in a zoo folder of
 their own (BRANCHZOO_ZOO_DIR), so nothing depends on a particular family.
 """
 
+import hashlib
 import json
 import os
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from branchzoo import data, registry, tasks, training, zoo
+from branchzoo import data, publish, registry, tasks, training, zoo
 from branchzoo.analysis.registry import AnalysisResult, register_analysis
 from branchzoo.tasks import ClassificationTask, Task, apply_phase, register_task, resolve_phases
 
@@ -241,6 +242,25 @@ def test_resume_with_nothing_to_resume_is_an_error(test_zoo):
     with pytest.raises(ValueError, match="nothing to resume"):
         training.prepare(_run("two_phase", test_zoo / "empty"), resume=True)
     assert not (test_zoo / "empty").exists()
+
+
+def test_publish_after_an_interruption_says_the_run_was_resumed(test_zoo):
+    # publish trains by the recipe (no step limit), so the interrupted run uses the same settings.
+    run_dir = test_zoo / "publish-run"
+    with pytest.raises(KeyboardInterrupt):
+        training.train(training.resolve_run_config("two_phase", seed=0, output=str(run_dir)),
+                       verbose=0, callbacks=[StopAfterEpoch(1)])
+    fname = publish.publish_weights("two_phase", run_dir=str(run_dir))
+    card = _read(test_zoo / "zoo" / "two_phase.json")
+    budget = card["metrics"]["training_budget"]
+    assert budget["resumed"] is True and budget["epochs"] == 3  # 1 joint + 2 head_only epochs
+    path = test_zoo / "zoo" / fname
+    assert card["weights"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert fname == f"two_phase-{card['weights']['sha256'][:8]}.weights.h5"
+    published = zoo.load("two_phase")
+    trained = keras.models.load_model(run_dir / "model.keras", compile=False)
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(published(x), trained(x), rtol=1e-6, atol=1e-6)
 
 
 def test_recipe_loss_and_metrics_on_member_outputs(test_zoo):
