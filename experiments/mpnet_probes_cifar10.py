@@ -30,8 +30,6 @@ not the paper's 30 epochs.
 import argparse
 import json
 import os
-import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -188,37 +186,23 @@ def main(argv=None):
     if args.summarize:
         print("wrote", write_summary(args.summarize))
         return None
-    import keras
-    import numpy as np
-
-    from _cifar10 import OPTIMIZER, compile_sgd, probes_with_tails
+    import _cifar10
     from branchzoo import data
     from branchzoo.analysis.gradients import GradientFlowRecorder
-    from branchzoo.analysis.registry import AnalysisData, get_analysis, write_report
+    from branchzoo.analysis.registry import write_report
     from branchzoo.models import mpnet
 
-    keras.utils.set_random_seed(args.seed)
-    start, cpu_start = time.perf_counter(), time.process_time()
     info = data.dataset_info("cifar10", data_dir=args.data_dir)
-    model = mpnet([[1, 3], [4, 7]], blocks_per_stage=2, widths=args.widths,
-                  num_classes=info.num_classes, input_shape=info.image_shape)
-    train = data.load_dataset("cifar10", "train", args.batch_size, data_dir=args.data_dir, seed=args.seed,
-                              steps_per_epoch=args.steps_per_epoch)
-    steps_per_epoch = int(train.cardinality().numpy())
-    compile_sgd(model, steps_per_epoch, args.epochs, args.lr)
-    recorder = GradientFlowRecorder(model)
-    recorder.attach(model.optimizer)
-    test = data.load_dataset("cifar10", "test", 256, data_dir=args.data_dir)
-    history = model.fit(train, epochs=args.epochs, verbose=2, shuffle=False)  # the pipeline shuffles
-    loss, accuracy = model.evaluate(test, verbose=0)
-    train_seconds, train_cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    print(f"trained {recorder.steps} steps in {train_seconds:.0f} s; test accuracy {accuracy:.4f}", flush=True)
 
-    analysis_data = AnalysisData(
-        train=data.load_dataset("cifar10", "train", 256, augment=False, data_dir=args.data_dir, seed=args.seed),
-        test=data.load_dataset("cifar10", "test", 256, data_dir=args.data_dir),
-        num_classes=info.num_classes, class_names=list(info.class_names), seed=args.seed,
-    )
+    def attach(model):
+        recorder = GradientFlowRecorder(model)
+        recorder.attach(model.optimizer)
+        return recorder
+
+    model, record, recorder = _cifar10.train_and_evaluate(
+        lambda: mpnet([[1, 3], [4, 7]], blocks_per_stage=2, widths=args.widths,
+                      num_classes=info.num_classes, input_shape=info.image_shape),
+        args, attach=attach)
     options = {
         "probes": {"max_train_examples": args.probe_train, "max_test_examples": args.probe_test},
         "saturation": {"max_examples": args.saturation_examples},
@@ -226,35 +210,24 @@ def main(argv=None):
         "gradients": {"recorded": recorder},
         "pathway_removal": {},
     }
-    results, seconds = {}, {}
-    for name, kwargs in options.items():
-        t0 = time.perf_counter()
-        results[name] = get_analysis(name)(model, analysis_data, **kwargs)
-        seconds[name] = time.perf_counter() - t0
-        print(f"{name}: {seconds[name]:.0f} s", flush=True)
+    results, seconds = _cifar10.run_analyses(model, _cifar10.analysis_data(args), options)
 
     # Fig. 3 style: probe accuracy and saturation in one figure, each pathway's tail shaded
     # where both signals put it.
-    tails, results["probes"].figures["with-saturation"] = probes_with_tails(
+    tails, results["probes"].figures["with-saturation"] = _cifar10.probes_with_tails(
         model, results["probes"].numbers, results["saturation"].numbers["saturation"], info.num_classes)
 
-    command = "BRANCHZOO_DATA_DIR=<data> python experiments/mpnet_probes_cifar10.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--data-dir"))
     any_tail = next(iter(tails.values()))
     extra = {
         "experiment": {
-            "command": command.strip(),
+            "command": _cifar10.command_line("mpnet_probes_cifar10.py", argv),
             "model": "MPNet2(1:3x3, 4:7x7)",
             "widths": args.widths,
-            "parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
-            "training": {"epochs": args.epochs, "steps_per_epoch": steps_per_epoch,
-                         "batch_size": args.batch_size, "lr": args.lr,
-                         "optimizer": OPTIMIZER,
-                         "seconds": round(train_seconds, 1), "cpu_seconds": round(train_cpu, 1),
-                         "history": {k: [round(float(v), 4) for v in vs] for k, vs in history.history.items()}},
-            "test_accuracy": float(accuracy),
-            "test_loss": float(loss),
-            "analysis_seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "parameters": record["parameters"],
+            "training": record["training"],
+            "test_accuracy": record["test_accuracy"],
+            "test_loss": record["test_loss"],
+            "analysis_seconds": seconds,
             "options": {k: {o: v for o, v in kw.items() if o != "recorded"} for k, kw in options.items()},
         },
         "dominance": dominance(results["probes"].numbers, results["gradients"].numbers),

@@ -26,8 +26,6 @@ pad-crop (the paper: 30 epochs at full width). The tail rule is
 import argparse
 import json
 import os
-import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -82,11 +80,12 @@ def describe_tail(t, names_total):
     """One line for a `tail_pattern` result."""
     if not t["layers"]:
         return "none"
+    text = f"{t['length']} of {names_total} layers from {t['start']}"
     gain = t["probe_gain_in_tail"]
-    return (f"{t['length']} of {names_total} layers from {t['start']} "
-            f"(saturation {t['mean_saturation_tail']:.2f} in the tail vs {t['mean_saturation_rest']:.2f} before; "
-            f"probe gain in the tail {gain:+.3f})" if gain is not None else
-            f"{t['length']} of {names_total} layers from {t['start']}")
+    if gain is None:
+        return text
+    return (f"{text} (saturation {t['mean_saturation_tail']:.2f} in the tail vs {t['mean_saturation_rest']:.2f} "
+            f"before; probe gain in the tail {gain:+.3f})")
 
 
 def _single(report, analysis):
@@ -113,7 +112,8 @@ def summary_markdown(reports):
             f"{r['probes']['not_converged']} of {len(names)} | {best} ({acc[best]:.3f}) | "
             f"{acc[names[-1]]:.3f} | {_single(r, 'probes')} | {_single(r, 'saturation')} | "
             f"{describe_tail(t['result'], len(names))} |")
-        commands = [*commands, exp["command"]] if exp["command"] not in commands else commands
+        if exp["command"] not in commands:
+            commands.append(exp["command"])
     lines += [("Command: " if len(commands) == 1 else "Commands (a model whose report.json exists is not "
                "trained again): ") + ", ".join(f"`{c}`" for c in commands) + ".", "",
               "| model | width | parameters | epochs x steps | CPU min | test top-1 | probes not converged "
@@ -143,54 +143,23 @@ def write_summary(output, models):
 
 
 def run_one(name, args, argv):
-    import keras
-    import numpy as np
+    import _cifar10
+    from branchzoo import zoo
+    from branchzoo.analysis.registry import write_report
 
-    from _cifar10 import OPTIMIZER, compile_sgd, probes_with_tails
-    from branchzoo import data, zoo
-    from branchzoo.analysis.registry import AnalysisData, get_analysis, write_report
-
-    keras.utils.set_random_seed(args.seed)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    model = zoo.build(name, width_multiplier=args.width_multiplier)
-    train = data.load_dataset("cifar10", "train", args.batch_size, data_dir=args.data_dir, seed=args.seed,
-                              steps_per_epoch=args.steps_per_epoch)
-    steps_per_epoch = int(train.cardinality().numpy())
-    compile_sgd(model, steps_per_epoch, args.epochs, args.lr)
-    test = data.load_dataset("cifar10", "test", 256, data_dir=args.data_dir)
-    history = model.fit(train, epochs=args.epochs, verbose=2, shuffle=False)  # the pipeline shuffles
-    loss, accuracy = model.evaluate(test, verbose=0)
-    train_seconds, train_cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    print(f"{name}: {train_seconds:.0f} s, test accuracy {accuracy:.4f}", flush=True)
-
-    info = data.dataset_info("cifar10", data_dir=args.data_dir)
-    analysis_data = AnalysisData(
-        train=data.load_dataset("cifar10", "train", 256, augment=False, data_dir=args.data_dir, seed=args.seed),
-        test=test, num_classes=info.num_classes, class_names=list(info.class_names), seed=args.seed)
+    model, record, _ = _cifar10.train_and_evaluate(lambda: zoo.build(name, width_multiplier=args.width_multiplier),
+                                                args)
+    data = _cifar10.analysis_data(args)
     options = {"probes": {"max_train_examples": args.probe_train, "max_test_examples": args.probe_test},
                "saturation": {"max_examples": args.saturation_examples}}
-    results, seconds = {}, {}
-    for analysis, kwargs in options.items():
-        t0 = time.perf_counter()
-        results[analysis] = get_analysis(analysis)(model, analysis_data, **kwargs)
-        seconds[analysis] = round(time.perf_counter() - t0, 1)
-        print(f"{name} {analysis}: {seconds[analysis]:.0f} s", flush=True)
-
-    tails, results["probes"].figures["with-saturation"] = probes_with_tails(
-        model, results["probes"].numbers, results["saturation"].numbers["saturation"], info.num_classes)
-
-    command = "BRANCHZOO_DATA_DIR=<data> python experiments/tail_patterns_cifar10.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--data-dir"))
+    results, seconds = _cifar10.run_analyses(model, data, options)
+    tails, results["probes"].figures["with-saturation"] = _cifar10.probes_with_tails(
+        model, results["probes"].numbers, results["saturation"].numbers["saturation"], data.num_classes)
     (pathway, result), = tails.items()
     extra = {
         "experiment": {
-            "command": command.strip(), "model": name, "width_multiplier": args.width_multiplier,
-            "parameters": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
-            "training": {"epochs": args.epochs, "steps_per_epoch": steps_per_epoch, "batch_size": args.batch_size,
-                         "lr": args.lr, "optimizer": OPTIMIZER,
-                         "seconds": round(train_seconds, 1), "cpu_seconds": round(train_cpu, 1),
-                         "history": {k: [round(float(v), 4) for v in vs] for k, vs in history.history.items()}},
-            "test_accuracy": float(accuracy), "test_loss": float(loss), "analysis_seconds": seconds,
+            "command": _cifar10.command_line("tail_patterns_cifar10.py", argv), "model": name,
+            "width_multiplier": args.width_multiplier, **record, "analysis_seconds": seconds,
             "options": options, "paper": PAPER[name],
         },
         "tail": {"pathway": pathway, "result": result,
